@@ -1,0 +1,51 @@
+# The commands README.md documents. `make setup` then `make test` is exactly what CI runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-e2e bench-buffer build clean
+
+setup: ## create .venv, install the package with dev extras, install Mosquitto when missing
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@bash scripts/install-mosquitto.sh
+
+test: check ## lint, type check, all tests
+	$(BIN)/pytest -q
+
+check: lint typecheck
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck:
+	$(BIN)/mypy
+
+unit:
+	$(BIN)/pytest -q tests/unit
+
+integration:
+	$(BIN)/pytest -q tests/integration
+
+faults:
+	$(BIN)/pytest -q tests/faults
+
+demo: ## both PLC simulators, a local mTLS broker, the gateway and a live view (Ctrl-C stops all)
+	$(PY) -m simulators.demo
+
+sim: ## just the two PLC simulators, in the foreground
+	$(PY) -m simulators.opcua_plc --port 4840 & $(PY) -m simulators.modbus_plc --port 5020; kill %1
+
+bench: bench-buffer bench-e2e
+
+bench-buffer:
+	$(PY) -m bench.buffer
+
+bench-e2e:
+	$(PY) -m bench.e2e
+
+clean:
+	rm -rf var bench/results .pytest_cache .mypy_cache .ruff_cache greengrass-build zip-build

@@ -1,0 +1,563 @@
+"""Durable store-and-forward buffer: append-only segment files plus an atomically written ledger.
+
+On-disk format (directory ``path``):
+
+    <first_seq:020d>.seg   segment files; records appended back to back, never rewritten
+    ledger.json            {"format": 1, "next_seq": N,
+                            "destinations": {name: {"acked_through": N, "acked_ranges": [[a, b], ...]}}}
+    quarantine/            segments that failed their CRC check, moved aside for a person to inspect
+
+    record = header payload
+    header = <u32 payload length> <u32 CRC-32 of (u64 seq little-endian + payload)> <u64 seq>  (16 bytes, LE)
+    payload = codec.encode_reading() bytes
+
+Invariants:
+- Sequence numbers are assigned 1, 2, 3, … without gaps and never reused, even after every segment is
+  deleted (``next_seq`` is kept in the ledger and the active segment is never deleted).
+- A segment holds a contiguous run of sequence numbers starting at the number in its name; the last
+  segment is the only one ever appended to (the *active* one). Only a segment's committed prefix (bytes
+  fsync'd before ``append`` returned) is read.
+- ``append`` returns after write + fdatasync (group commit: appends that arrive while a commit is in
+  progress share the next one; ``fsync_interval_ms`` > 0 lingers that long to gather more).
+- The ledger is written with write-temp, fsync, rename, fsync-dir, from ``maintain()`` and ``close()``;
+  losing the newest acks to a crash only re-delivers (at-least-once), never loses.
+- A sealed segment is deleted when every destination acked all of it, or when ``max_bytes`` /
+  ``max_age_s`` remove it; each removed unacked record is counted by reason.
+- Opening scans only the active segment (torn tail truncated); start-up does not grow with the backlog.
+  Memory holds one small entry per segment, not per record.
+- A CRC failure inside a committed region moves that segment to ``quarantine/`` with a log line saying
+  what to do; the rest keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import errno
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge_gateway.buffer.base import AckLedger, BufferStats, Record
+from edge_gateway.buffer.codec import decode_reading, encode_reading
+from edge_gateway.errors import BufferFullError, BufferIOError
+from edge_gateway.model import Reading
+
+_log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<IIQ")
+_SEQ = struct.Struct("<Q")
+SUFFIX = ".seg"
+LEDGER = "ledger.json"
+QUARANTINE = "quarantine"
+_MAX_RECORD = 16 << 20
+_READ_CHUNK = 4 << 20
+
+
+def record_crc(seq: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+
+
+def frame(seq: int, payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), record_crc(seq, payload), seq) + payload
+
+
+@dataclass(slots=True)
+class _Segment:
+    first_seq: int
+    path: Path
+    size: int  # committed bytes
+    last_seq: int  # first_seq - 1 while empty
+    mtime_s: float
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Want:
+    out: list[Record]
+    limit: int
+    acks: AckLedger
+
+
+@dataclass(slots=True)
+class _Cursor:
+    next_seq: int
+    # Where the next record was found last time, so sequential reads never rescan a segment.
+    pos_segment: int = 0
+    pos_offset: int = 0
+
+
+class DiskBuffer:
+    def __init__(
+        self,
+        path: Path,
+        destinations: Iterable[str],
+        *,
+        max_bytes: int = 1 << 30,
+        max_age_s: float = 7 * 86400,
+        when_full: Literal["drop_oldest", "reject_new"] = "drop_oldest",
+        segment_bytes: int = 8 << 20,
+        fsync_interval_ms: int = 0,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.when_full = when_full
+        self.segment_bytes = segment_bytes
+        self.fsync_interval_s = fsync_interval_ms / 1000
+        self._meta = threading.Lock()  # segment list, ledgers, cursors: held briefly, also on the loop
+        self._write_lock = threading.Lock()  # the active segment's file: held during write + fsync
+        self._segments: list[_Segment] = []
+        self._firsts: list[int] = []
+        self._acks: dict[str, AckLedger] = {}
+        self._cursors: dict[str, _Cursor] = {}
+        self._next_seq = 1
+        self._fd: int | None = None
+        self._ledger_dirty = False
+        self._stats = BufferStats()
+        self._pending: list[tuple[Sequence[Reading], asyncio.Future[None]]] = []
+        self._commit_task: asyncio.Task[None] | None = None
+        self._data_event = asyncio.Event()
+        self._open(list(destinations))
+
+    # ---- opening and recovery -------------------------------------------------------------------
+
+    def _open(self, destinations: list[str]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        ledger = self._load_ledger()
+        for seg_path in sorted(self.path.glob("*" + SUFFIX)):
+            try:
+                first = int(seg_path.stem)
+            except ValueError:
+                _log.warning("ignoring unexpected file %s in the buffer directory", seg_path)
+                continue
+            st = seg_path.stat()
+            self._segments.append(_Segment(first, seg_path, st.st_size, first - 1, st.st_mtime))
+        for prev, nxt in zip(self._segments, self._segments[1:], strict=False):
+            prev.last_seq = nxt.first_seq - 1
+        if self._segments:
+            self._recover_tail(self._segments[-1])
+        self._firsts = [s.first_seq for s in self._segments]
+        last_seq = self._segments[-1].last_seq if self._segments else 0
+        ledger_next, known = ledger or (1, {})
+        self._next_seq = max(ledger_next, last_seq + 1)
+        oldest = self._segments[0].first_seq - 1 if self._segments else self._next_seq - 1
+        for dest in destinations:
+            if dest in known:
+                acks = known[dest]
+            elif ledger is not None or not self._segments:
+                # A destination added to a buffer that already serves others starts at the head.
+                acks = AckLedger(self._next_seq - 1)
+            else:
+                # Segments but no ledger (lost or set aside): re-deliver everything we still hold.
+                acks = AckLedger(oldest)
+            acks.advance_to(oldest)
+            self._acks[dest] = acks
+            self._cursors[dest] = _Cursor(acks.acked_through + 1)
+        for gone in sorted(set(known) - set(destinations)):
+            _log.info("buffer: destination %r is no longer configured; its cursor is dropped", gone)
+        self._stats.last_seq = self._next_seq - 1
+        self._ledger_dirty = True
+        self._write_ledger()
+        self._delete_settled()
+
+    def _load_ledger(self) -> tuple[int, dict[str, AckLedger]] | None:
+        """(next_seq, acks per destination) from ledger.json; None when there is none."""
+        ledger_path = self.path / LEDGER
+        try:
+            data = json.loads(ledger_path.read_bytes())
+            next_seq = int(data["next_seq"])
+            acks = {
+                str(name): AckLedger(int(entry["acked_through"]), entry.get("acked_ranges", []))
+                for name, entry in data["destinations"].items()
+            }
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = self._quarantine_path(ledger_path)
+            ledger_path.replace(aside)
+            _log.error(
+                "buffer ledger %s is unreadable (%s); moved to %s; every buffered record will be re-sent",
+                ledger_path,
+                exc,
+                aside,
+            )
+            return None
+        return next_seq, acks
+
+    def _recover_tail(self, seg: _Segment) -> None:
+        """Find the last whole record of the active segment; cut off a torn or corrupt tail."""
+        good, last_seq = 0, seg.first_seq - 1
+        with seg.path.open("rb") as f:
+            data = f.read()
+        while good + HEADER.size <= len(data):
+            length, crc, seq = HEADER.unpack_from(data, good)
+            end = good + HEADER.size + length
+            if seq != last_seq + 1 or length > _MAX_RECORD or end > len(data):
+                break
+            if record_crc(seq, data[good + HEADER.size : end]) != crc:
+                break
+            good, last_seq = end, seq
+        if good < len(data):
+            _log.warning(
+                "buffer: cut %d byte(s) of torn or corrupt tail from %s after seq %d (an interrupted write)",
+                len(data) - good,
+                seg.path.name,
+                last_seq,
+            )
+            with seg.path.open("r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        seg.size, seg.last_seq = good, last_seq
+
+    # ---- append (group commit) ----------------------------------------------------------------
+
+    async def append(self, readings: Sequence[Reading]) -> None:
+        if not readings:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((readings, done))
+        if self._commit_task is None or self._commit_task.done():
+            self._commit_task = loop.create_task(self._commit_loop(), name="buffer:commit")
+        await done
+
+    async def _commit_loop(self) -> None:
+        while self._pending:
+            if self.fsync_interval_s:
+                await asyncio.sleep(self.fsync_interval_s)
+            batch, self._pending = self._pending, []
+            readings = [r for rs, _ in batch for r in rs]
+            try:
+                await asyncio.to_thread(self._write, readings)
+            except (BufferFullError, BufferIOError) as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+                self._data_event.set()
+                self._data_event = asyncio.Event()
+
+    def _write(self, readings: list[Reading]) -> None:
+        with self._write_lock:
+            data = bytearray()
+            seq = self._next_seq
+            for r in readings:
+                payload = encode_reading(r)
+                data += HEADER.pack(len(payload), record_crc(seq, payload), seq)
+                data += payload
+                seq += 1
+            self._make_room(len(data), len(readings))
+            seg = self._active_segment(len(data))
+            assert self._fd is not None
+            try:
+                written = 0
+                view = memoryview(data)
+                while written < len(data):
+                    written += os.write(self._fd, view[written:])
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._stats.dropped["io_error"] += len(readings)
+                self._undo_partial_write(seg)
+                raise BufferIOError(
+                    f"buffer write of {len(readings)} reading(s) to {seg.path} failed: "
+                    f"{errno.errorcode.get(exc.errno or 0, '?')} {exc.strerror}; they are counted as dropped; "
+                    "free disk space or fix the volume - the gateway retries with the next readings"
+                ) from exc
+            with self._meta:
+                seg.size += len(data)
+                seg.last_seq = seq - 1
+                seg.mtime_s = time.time()
+                self._next_seq = seq
+                self._stats.appended += len(readings)
+                self._stats.last_seq = seq - 1
+
+    def _undo_partial_write(self, seg: _Segment) -> None:
+        try:
+            assert self._fd is not None
+            os.ftruncate(self._fd, seg.size)
+            os.lseek(self._fd, seg.size, os.SEEK_SET)
+        except OSError as exc:
+            # The partial record stays behind a committed prefix; it is cut at the next open.
+            _log.warning("buffer: could not truncate %s after a failed write: %s", seg.path.name, exc)
+            self._close_fd()
+
+    def _make_room(self, needed: int, count: int) -> None:
+        """Enforce ``max_bytes`` before a write (called with the write lock held)."""
+        if self._total_bytes() + needed > self.max_bytes:
+            self._delete_settled()
+        while self._total_bytes() + needed > self.max_bytes:
+            sealed = self._segments[:-1] if self._fd is not None else self._segments
+            if self.when_full == "reject_new" or not sealed:
+                self._stats.dropped["full"] += count
+                raise BufferFullError(
+                    f"buffer at {self.path} is full ({self._total_bytes()} of {self.max_bytes} bytes) with policy "
+                    f"{self.when_full}: {count} new reading(s) rejected; restore the cloud connection "
+                    "or raise max_bytes"
+                )
+            self._drop_segment(sealed[0], "full")
+
+    def _active_segment(self, needed: int) -> _Segment:
+        seg = self._segments[-1] if self._segments else None
+        if seg is not None and self._fd is not None and (seg.size == 0 or seg.size + needed <= self.segment_bytes):
+            return seg
+        if seg is not None and self._fd is None and seg.size + needed <= self.segment_bytes:
+            self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+            os.lseek(self._fd, seg.size, os.SEEK_SET)
+            return seg
+        self._close_fd()
+        new = _Segment(self._next_seq, self.path / f"{self._next_seq:020d}{SUFFIX}", 0, self._next_seq - 1, time.time())
+        self._fd = os.open(new.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        _fsync_dir(self.path)
+        with self._meta:
+            self._segments.append(new)
+            self._firsts.append(new.first_seq)
+        return new
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _total_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    # ---- read / ack ------------------------------------------------------------------------------
+
+    async def read(self, dest: str, max_records: int, timeout_s: float) -> list[Record]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self._has_unread(dest):
+                records = await asyncio.to_thread(self._read, dest, max_records)
+                if records:
+                    return records
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            event = self._data_event
+            try:
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            except TimeoutError:
+                return []
+
+    def _has_unread(self, dest: str) -> bool:
+        with self._meta:
+            return self._acks[dest].next_unacked(self._cursors[dest].next_seq) < self._next_seq
+
+    def _read(self, dest: str, max_records: int) -> list[Record]:
+        out: list[Record] = []
+        with self._meta:
+            cursor = self._cursors[dest]
+            # A private copy: the loop thread may add acks while this thread scans.
+            acks = AckLedger(self._acks[dest].acked_through, self._acks[dest].ranges)
+            seq = acks.next_unacked(cursor.next_seq)
+        want = _Want(out, max_records, acks)
+        while len(out) < max_records:
+            with self._meta:
+                seq = acks.next_unacked(seq)
+                if seq >= self._next_seq or not self._segments:
+                    break
+                idx = bisect.bisect_right(self._firsts, seq) - 1
+                if idx < 0:  # dropped by a limit before we got to it
+                    seq = self._segments[0].first_seq
+                    continue
+                seg = self._segments[idx]
+                if seq > seg.last_seq:
+                    seq = self._segments[idx + 1].first_seq if idx + 1 < len(self._segments) else self._next_seq
+                    continue
+                size = seg.size
+                offset = cursor.pos_offset if (cursor.pos_segment == seg.first_seq and cursor.next_seq == seq) else 0
+            seq, offset = self._read_segment(seg, size, (seq, offset), want)
+            with self._meta:
+                cursor.next_seq, cursor.pos_segment, cursor.pos_offset = seq, seg.first_seq, offset
+        with self._meta:
+            cursor.next_seq = seq
+        return out
+
+    def _read_segment(self, seg: _Segment, size: int, start: tuple[int, int], want: _Want) -> tuple[int, int]:
+        """Append records >= seq from one segment to ``want.out``; return (next seq, its byte offset).
+
+        ``start`` is (seq, offset): offset 0 scans from the segment's first record, otherwise it is the
+        offset of record ``seq`` itself (the cursor's cached position).
+        """
+        seq, offset = start
+        scan_seq = seg.first_seq if offset == 0 else seq
+        try:
+            with seg.path.open("rb") as f:
+                while offset + HEADER.size <= size and len(want.out) < want.limit:
+                    f.seek(offset)
+                    chunk = f.read(min(_READ_CHUNK, size - offset))
+                    pos = 0
+                    while pos + HEADER.size <= len(chunk) and len(want.out) < want.limit:
+                        length, crc, rec_seq = HEADER.unpack_from(chunk, pos)
+                        end = pos + HEADER.size + length
+                        if rec_seq != scan_seq or length > _MAX_RECORD or offset + end > size:
+                            self._quarantine(seg, f"record {scan_seq} has a bad header at byte {offset + pos}")
+                            return seg.last_seq + 1, 0
+                        if end > len(chunk):
+                            if pos == 0:  # a single record larger than the chunk
+                                chunk += f.read(end - len(chunk))
+                            else:
+                                break
+                        if rec_seq >= seq and want.acks.next_unacked(rec_seq) == rec_seq:
+                            payload = chunk[pos + HEADER.size : end]
+                            if record_crc(rec_seq, payload) != crc:
+                                self._quarantine(seg, f"record {rec_seq} fails its CRC at byte {offset + pos}")
+                                return seg.last_seq + 1, 0
+                            want.out.append(Record(rec_seq, decode_reading(payload)))
+                        pos = end
+                        scan_seq += 1
+                    offset += pos
+        except FileNotFoundError:  # dropped by a limit while we were reading
+            return max(seq, scan_seq), 0
+        return max(seq, scan_seq), offset
+
+    def ack(self, dest: str, first: int, last: int) -> None:
+        with self._meta:
+            self._acks[dest].add(first, last)
+            self._ledger_dirty = True
+
+    def rewind(self, dest: str) -> None:
+        with self._meta:
+            self._cursors[dest] = _Cursor(self._acks[dest].acked_through + 1)
+
+    # ---- limits, corruption, maintenance -------------------------------------------------------
+
+    def _drop_segment(self, seg: _Segment, reason: str) -> None:
+        with self._meta:
+            if seg not in self._segments:
+                return
+            settled = min((a.acked_count_between(seg.first_seq, seg.last_seq) for a in self._acks.values()), default=0)
+            lost = max(0, seg.count - settled)
+            self._segments.remove(seg)
+            self._firsts = [s.first_seq for s in self._segments]
+            for acks in self._acks.values():
+                acks.advance_to(seg.last_seq)
+            self._stats.dropped[reason] += lost
+            self._ledger_dirty = True
+        with contextlib.suppress(FileNotFoundError):
+            seg.path.unlink()
+        if lost:
+            _log.warning(
+                "buffer: dropped %d unsent reading(s) (seqs %d..%d), reason %s",
+                lost,
+                seg.first_seq,
+                seg.last_seq,
+                reason,
+            )
+
+    def _quarantine(self, seg: _Segment, why: str) -> None:
+        with self._write_lock:
+            if seg is (self._segments[-1] if self._segments else None):
+                self._close_fd()
+            target = self._quarantine_path(seg.path)
+            with contextlib.suppress(FileNotFoundError):
+                seg.path.replace(target)
+            self._drop_segment(seg, "corrupt")
+        _log.error(
+            "buffer: segment %s is corrupt (%s); moved to %s and skipped. Readings after the damage in it are "
+            "lost; keep the file for analysis or delete it, the gateway continues with the rest",
+            seg.path.name,
+            why,
+            target,
+        )
+
+    def _quarantine_path(self, path: Path) -> Path:
+        qdir = self.path / QUARANTINE
+        qdir.mkdir(exist_ok=True)
+        return qdir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+
+    async def maintain(self) -> None:
+        await asyncio.to_thread(self._maintain)
+
+    def _maintain(self) -> None:
+        self._write_ledger()
+        self._delete_settled()
+        horizon = time.time() - self.max_age_s
+        with self._write_lock:
+            for seg in list(self._segments):
+                if seg.mtime_s >= horizon or seg.count == 0:
+                    continue
+                if seg is self._segments[-1]:
+                    self._close_fd()  # seal it: the next append starts a new segment
+                    if len(self._segments) == 1:
+                        # Keep the file so next_seq survives; everything in it is expired.
+                        with self._meta:
+                            for acks in self._acks.values():
+                                lost = seg.count - acks.acked_count_between(seg.first_seq, seg.last_seq)
+                                self._stats.dropped["expired"] += lost
+                                acks.advance_to(seg.last_seq)
+                        continue
+                self._drop_segment(seg, "expired")
+
+    def _delete_settled(self) -> None:
+        with self._meta:
+            floor = min((a.acked_through for a in self._acks.values()), default=self._next_seq - 1)
+            settled = [s for s in self._segments[:-1] if s.last_seq <= floor]
+        for seg in settled:
+            self._drop_segment(seg, "full")  # nothing unacked in it, so nothing is counted
+
+    def _write_ledger(self) -> None:
+        with self._meta:
+            if not self._ledger_dirty:
+                return
+            doc = {
+                "format": 1,
+                "next_seq": self._next_seq,
+                "destinations": {d: a.to_json() for d, a in self._acks.items()},
+            }
+            self._ledger_dirty = False
+        tmp = self.path / (LEDGER + ".tmp")
+        with tmp.open("wb") as f:
+            f.write(json.dumps(doc, separators=(",", ":")).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path / LEDGER)
+        _fsync_dir(self.path)
+
+    def stats(self) -> BufferStats:
+        with self._meta:
+            s = self._stats
+            last = self._next_seq - 1
+            s.bytes = self._total_bytes()
+            s.segments = len(self._segments)
+            s.unacked = {d: last - a.acked_count_between(1, last) for d, a in self._acks.items()}
+            floor = min((a.acked_through for a in self._acks.values()), default=last)
+            s.records = last - floor
+            return BufferStats(s.records, s.bytes, s.segments, s.appended, s.last_seq, dict(s.unacked), dict(s.dropped))
+
+    async def close(self) -> None:
+        if self._commit_task is not None:
+            await asyncio.shield(self._commit_task)
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._write_lock:
+            self._close_fd()
+        self._write_ledger()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,153 @@
+"""Command line: ``edge-gateway run|validate|status`` (also ``python -m edge_gateway``).
+
+Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage.
+The CLI is the only place that configures logging handlers and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_gateway import __version__
+from edge_gateway.config import GatewayConfig, load_config
+from edge_gateway.errors import ConfigError
+
+_log = logging.getLogger("edge_gateway")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # Library chatter (asyncua logs every reconnect attempt at WARNING) stays out of the operator's log.
+    for noisy in ("asyncua", "pymodbus"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _load(path: Path) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    print(
+        f"{args.config}: valid ({len(config.sources)} source(s), "
+        f"{len(config.publisher.destinations)} destination(s), thing {config.gateway.thing_name})"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from edge_gateway.supervisor import Gateway  # noqa: PLC0415 - keep `validate` free of heavy imports
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(config).run(stop)
+
+    try:
+        asyncio.run(main())
+    except Exception:  # noqa: BLE001 - last line of defence: log it with its traceback, exit non-zero
+        _log.exception("gateway failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge_gateway.status import render  # noqa: PLC0415
+
+    path: Path = args.file
+    if path is None:
+        config = _load(args.config) if args.config else None
+        if config is None:
+            print("status needs --file STATUS.json or a valid --config FILE", file=sys.stderr)
+            return EXIT_CONFIG
+        path = config.status_path
+    while True:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"no status at {path} ({exc}); is the gateway running?", file=sys.stderr)
+            if not args.watch:
+                return EXIT_FAILED
+        else:
+            if args.json:
+                print(json.dumps(doc, indent=2))
+            else:
+                if args.watch:
+                    print("\033[2J\033[H", end="")
+                print(render(doc), flush=True)
+        if not args.watch:
+            return EXIT_OK
+        time.sleep(args.interval)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-gateway", description="Industrial edge gateway to AWS IoT")
+    parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("--config", type=Path, required=True, help="config file (YAML or JSON)")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a config file; print every error with its field path")
+    validate.add_argument("--config", type=Path, required=True)
+    validate.set_defaults(func=cmd_validate)
+
+    status = sub.add_parser("status", help="show the running gateway's status")
+    status.add_argument("--config", type=Path, help="the gateway's config (to find its status file)")
+    status.add_argument("--file", type=Path, help="the status file itself")
+    status.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument("--interval", type=float, default=1.0)
+    status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.log_format)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_OK

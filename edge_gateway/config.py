@@ -1,0 +1,273 @@
+"""The one configuration document (local file; later also the device shadow).
+
+Pydantic v2 models, ``extra="forbid"`` and frozen everywhere, so a typo is an error that names its
+field. Sources and destinations are discriminated unions on ``type``. Durations and sizes carry their
+unit in the name. ``load_config(path)`` reads JSON or YAML and raises ``ConfigError`` listing every
+field error as ``path: message``; nothing is started before the whole document validates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_gateway.errors import ConfigError, FieldError
+
+_ALIAS_PATTERN = r"^[A-Za-z0-9_.:\-/]{1,128}$"
+_NAME_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Model):
+    thing_name: str = Field(pattern=r"^[a-zA-Z0-9:_\-]{1,128}$", description="AWS IoT thing name")
+    data_dir: Path = Field(default=Path("var"), description="where the buffer and state live")
+
+
+class BufferSettings(_Model):
+    type: Literal["disk", "memory"] = "disk"
+    # Default: <data_dir>/buffer
+    path: Path | None = None
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    max_age_s: float = Field(default=7 * 86400, gt=0)
+    when_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    segment_bytes: int = Field(default=8 << 20, ge=4096)
+    # 0 = fsync every group commit (default); N > 0 = at most one fsync per N ms (appends still return
+    # only once their bytes are written, and are durable within N ms).
+    fsync_interval_ms: int = Field(default=0, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> BufferSettings:
+        if self.segment_bytes * 2 > self.max_bytes:
+            msg = f"segment_bytes ({self.segment_bytes}) must be at most half of max_bytes ({self.max_bytes})"
+            raise ValueError(msg)
+        return self
+
+
+class OpcUaNode(_Model):
+    alias: str = Field(pattern=_ALIAS_PATTERN)
+    node_id: str = Field(min_length=1, description='OPC UA NodeId string, e.g. "ns=2;s=Line1.Counter"')
+
+
+class OpcUaSource(_Model):
+    type: Literal["opcua"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    endpoint: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port[/path]")
+    publishing_interval_ms: int = Field(default=500, ge=10, le=3_600_000)
+    sampling_interval_ms: int = Field(default=0, ge=0, le=3_600_000)
+    queue_size: int = Field(default=100, ge=1, le=10_000)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    nodes: list[OpcUaNode] = Field(min_length=1)
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_aliases(cls, nodes: list[OpcUaNode]) -> list[OpcUaNode]:
+        _check_unique([n.alias for n in nodes], "alias")
+        return nodes
+
+
+ModbusDataType = Literal["int16", "uint16", "int32", "uint32", "float32"]
+
+
+class ModbusPoint(_Model):
+    alias: str = Field(pattern=_ALIAS_PATTERN)
+    table: Literal["holding", "input"] = "holding"
+    address: int = Field(ge=0, le=65535, description="0-based register address (PDU address)")
+    data_type: ModbusDataType = "uint16"
+    # Word order for 32-bit types: "big" = high word first (Modbus convention), "little" = low word first.
+    word_order: Literal["big", "little"] = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def register_count(self) -> int:
+        return 1 if self.data_type in ("int16", "uint16") else 2
+
+
+class ModbusTcpSource(_Model):
+    type: Literal["modbus"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255)
+    poll_interval_ms: int = Field(default=1000, ge=10, le=3_600_000)
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    points: list[ModbusPoint] = Field(min_length=1)
+
+    @field_validator("points")
+    @classmethod
+    def _unique_aliases(cls, points: list[ModbusPoint]) -> list[ModbusPoint]:
+        _check_unique([p.alias for p in points], "alias")
+        return points
+
+
+SourceConfig = Annotated[OpcUaSource | ModbusTcpSource, Field(discriminator="type")]
+
+
+class MqttSettings(_Model):
+    endpoint: str = Field(min_length=1, description="IoT Core ATS endpoint or a local broker host")
+    port: int = Field(default=443, ge=1, le=65535)
+    # Default: "<thing_name>-gateway" (the Greengrass nucleus already uses the thing name).
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    ca_file: Path | None = None
+    cert_file: Path
+    key_file: Path
+    keep_alive_s: int = Field(default=30, ge=5, le=1200)
+    ping_timeout_ms: int = Field(default=3000, ge=100, le=60_000)
+    ack_timeout_s: int = Field(default=10, ge=1, le=600)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=120.0, gt=0)
+    # Keep awscrt's AWS IoT Core flow control (100 publishes/s, ~512 KiB/s) on; turn off only for a
+    # local broker in benchmarks.
+    iot_core_flow_control: bool = True
+
+
+class IotCoreDestination(_Model):
+    type: Literal["iotcore"]
+    name: str = Field(pattern=_NAME_PATTERN)
+    topic: str = Field(default="dt/{thing}/{source}", min_length=1)
+    max_message_bytes: int = Field(default=126_000, ge=1024, le=128_000)
+    max_latency_ms: int = Field(default=1000, ge=1, le=60_000)
+    max_in_flight: int = Field(default=16, ge=1, le=100)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_shape(cls, topic: str) -> str:
+        unknown = set(_placeholders(topic)) - {"thing", "source"}
+        if unknown:
+            msg = f"unknown placeholder(s) {sorted(unknown)}; allowed: {{thing}}, {{source}}"
+            raise ValueError(msg)
+        if "#" in topic or "+" in topic:
+            msg = "a publish topic cannot contain MQTT wildcards '#' or '+'"
+            raise ValueError(msg)
+        return topic
+
+
+DestinationConfig = Annotated[IotCoreDestination, Field(discriminator="type")]
+
+
+class PublisherSettings(_Model):
+    mqtt: MqttSettings
+    destinations: list[DestinationConfig] = Field(min_length=1)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, dests: list[DestinationConfig]) -> list[DestinationConfig]:
+        _check_unique([d.name for d in dests], "name")
+        return dests
+
+
+class StatusSettings(_Model):
+    # A small JSON file the running gateway rewrites so `edge-gateway status` and the demo can show it.
+    file: Path | None = None
+    interval_s: float = Field(default=2.0, gt=0, le=3600)
+
+
+class GatewayConfig(_Model):
+    version: Literal[1] = 1
+    gateway: GatewaySettings
+    buffer: BufferSettings = BufferSettings()
+    sources: list[SourceConfig] = Field(min_length=1)
+    publisher: PublisherSettings
+    status: StatusSettings = StatusSettings()
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_source_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        _check_unique([s.name for s in sources], "name")
+        return sources
+
+    @property
+    def client_id(self) -> str:
+        return self.publisher.mqtt.client_id or f"{self.gateway.thing_name}-gateway"
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.buffer.path or self.gateway.data_dir / "buffer"
+
+    @property
+    def status_path(self) -> Path:
+        return self.status.file or self.gateway.data_dir / "status.json"
+
+
+def _check_unique(values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    dupes = sorted({v for v in values if v in seen or seen.add(v)})  # type: ignore[func-returns-value]
+    if dupes:
+        msg = f"duplicate {what}(s): {', '.join(dupes)}"
+        raise ValueError(msg)
+
+
+def _placeholders(template: str) -> list[str]:
+    import string  # noqa: PLC0415 - only needed for validation
+
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"]) or "(document)"
+        errors.append(FieldError(path, err["msg"]))
+    return errors
+
+
+def parse_config(data: Any, origin: str = "<document>") -> GatewayConfig:  # noqa: ANN401 - raw document
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(origin, _field_errors(exc)) from exc
+
+
+def load_config(path: Path) -> GatewayConfig:
+    origin = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(origin, [FieldError("(file)", f"cannot read: {exc.strerror}")]) from exc
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(origin, [FieldError("(file)", f"not valid {path.suffix[1:] or 'YAML'}: {exc}")]) from exc
+    config = parse_config(data, origin)
+    # Relative paths in the file are relative to the file, not to the working directory.
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
+    mqtt = config.publisher.mqtt
+    return config.model_copy(
+        update={
+            "gateway": config.gateway.model_copy(update={"data_dir": fix(config.gateway.data_dir)}),
+            "buffer": config.buffer.model_copy(
+                update={"path": fix(config.buffer.path) if config.buffer.path else None}
+            ),
+            "status": config.status.model_copy(
+                update={"file": fix(config.status.file) if config.status.file else None}
+            ),
+            "publisher": config.publisher.model_copy(
+                update={
+                    "mqtt": mqtt.model_copy(
+                        update={
+                            "ca_file": fix(mqtt.ca_file) if mqtt.ca_file else None,
+                            "cert_file": fix(mqtt.cert_file),
+                            "key_file": fix(mqtt.key_file),
+                        }
+                    )
+                }
+            ),
+        }
+    )

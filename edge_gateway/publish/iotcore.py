@@ -1,0 +1,107 @@
+"""IoT Core batch encoding, format version 1 (documented in docs/message-format.md).
+
+One message per source per batch, on the destination's topic template (``{thing}``, ``{source}``)::
+
+    {"v":1,"gw":"<thing>","src":"<source>","seq":[first,last],"n":<points>,"t0":<ms since epoch>,
+     "p":{"<alias>":[[<dt ms>,<value>], [<dt ms>,<value>,"<quality>",<status>], ...], ...}}
+
+- ``seq`` is the lowest and highest buffer sequence number of the points in the message and ``n`` their
+  count: with ``gw`` they let the cloud side de-duplicate replays (delivery is at-least-once).
+- Each point is ``[t - t0, value]``; quality and status appear only when the quality is not GOOD.
+  ``t`` is the PLC's timestamp when it has one, else the gateway's, in milliseconds.
+- Non-finite floats are sent as the strings "NaN", "Infinity", "-Infinity" (JSON has no such numbers).
+- Every payload is at most ``max_bytes`` (IoT Core rejects over 128 KB); a single value too large to
+  fit is sent as ``null`` with quality BAD and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edge_gateway.buffer.base import Record
+from edge_gateway.model import Quality, Value
+
+FORMAT_VERSION = 1
+_HEADER_RESERVE = 160  # bytes kept for the envelope around the points (ids and numbers are short)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    first_seq: int
+    last_seq: int
+    points: int
+
+
+def _json_value(value: Value) -> Value:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+class _Builder:
+    """Accumulates one source's points, grouped by alias, tracking the exact encoded size."""
+
+    def __init__(self, thing: str, source: str, t0_ms: int) -> None:
+        self.thing, self.source, self.t0_ms = thing, source, t0_ms
+        self.points: dict[str, list[str]] = {}
+        self.size = _HEADER_RESERVE + len(_dumps(thing)) + len(_dumps(source))
+        self.first_seq = 0
+        self.last_seq = 0
+        self.count = 0
+
+    def cost(self, alias: str, entry: str) -> int:
+        if alias in self.points:
+            return len(entry) + 1
+        return len(_dumps(alias)) + 4 + len(entry)  # "alias":[entry] plus a comma
+
+    def add(self, seq: int, alias: str, entry: str, cost: int) -> None:
+        self.points.setdefault(alias, []).append(entry)
+        self.size += cost
+        self.first_seq = seq if self.count == 0 else min(self.first_seq, seq)
+        self.last_seq = max(self.last_seq, seq)
+        self.count += 1
+
+    def payload(self) -> bytes:
+        body = ",".join(f"{_dumps(alias)}:[{','.join(entries)}]" for alias, entries in self.points.items())
+        return (
+            f'{{"v":{FORMAT_VERSION},"gw":{_dumps(self.thing)},"src":{_dumps(self.source)},'
+            f'"seq":[{self.first_seq},{self.last_seq}],"n":{self.count},"t0":{self.t0_ms},"p":{{{body}}}}}'
+        ).encode()
+
+
+def encode_batch(records: Sequence[Record], *, thing: str, topic_template: str, max_bytes: int) -> list[Message]:
+    """Encode records into IoT Core messages, each at most ``max_bytes``, in record order per source."""
+    open_builders: dict[str, _Builder] = {}
+    done: list[_Builder] = []
+    for rec in records:
+        r = rec.reading
+        ts_ms = r.ts_ns // 1_000_000
+        builder = open_builders.get(r.source)
+        if builder is None:
+            builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms)
+        item: list[object] = [ts_ms - builder.t0_ms, _json_value(r.value)]
+        if r.quality is not Quality.GOOD:
+            item += [r.quality.value, r.status]
+        entry = _dumps(item)
+        cost = builder.cost(r.point, entry)
+        if builder.count and builder.size + cost > max_bytes:
+            done.append(builder)
+            builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms)
+            entry = _dumps([0, *item[1:]])
+            cost = builder.cost(r.point, entry)
+        if builder.size + cost > max_bytes:
+            # A single oversized value (a huge string) is sent as BAD with the reason, never dropped.
+            entry = _dumps([item[0], None, Quality.BAD.value, f"value too large for one message ({len(entry)} bytes)"])
+            cost = builder.cost(r.point, entry)
+        builder.add(rec.seq, r.point, entry, cost)
+    done.extend(open_builders.values())
+    return [
+        Message(topic_template.format(thing=b.thing, source=b.source), b.payload(), b.first_seq, b.last_seq, b.count)
+        for b in done
+    ]

@@ -1,0 +1,321 @@
+"""MQTT 5 transport over mutual TLS (awscrt/awsiotsdk), the only module that imports them.
+
+Contract:
+- ``start()`` starts the client and returns; awscrt connects and reconnects by itself (exponential
+  backoff with full jitter between ``reconnect_min_s`` and ``reconnect_max_s``): there is no second loop.
+- ``publish(topic, payload)`` is QoS 1 and returns the PUBACK reason code; a code >= 0x80 (e.g. 135 NOT
+  AUTHORIZED) or a client error raises ``PublishError``. Awaiting goes through ``asyncio.shield`` because
+  cancelling the wrapped CRT future loses its PUBACK. While offline, publishes wait in the client's queue
+  until the connection is back; callers bound how many they submit (that queue has no size limit).
+- IoT Core limits are checked here before sending (awscrt does not): topic <= 256 bytes and <= 7 slashes
+  (a ``$aws/rules/<rule>/`` prefix not counted), payload <= 128 KiB. Breaking one is ``retryable=False``.
+- Callbacks arrive on CRT threads; exactly one bridge (``loop.call_soon_threadsafe``) carries them onto the
+  event loop. Nothing runs on a CRT thread but that hand-over.
+- ``stop(final)`` publishes ``final`` when connected, then disconnects with NORMAL_DISCONNECTION so the
+  broker does not send the Last Will (a plain ``stop()`` would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from awscrt import exceptions as crt_exceptions
+from awscrt import mqtt5
+from awsiot import mqtt5_client_builder
+
+from edge_gateway.config import MqttSettings
+from edge_gateway.errors import PublishError
+
+_log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 128 * 1024
+MAX_TOPIC_BYTES = 256
+MAX_TOPIC_SLASHES = 7
+_SESSION_EXPIRY_S = 3600
+# awscrt errors that no retry can fix: the packet itself is invalid for this connection.
+_PERMANENT_ERRORS = {"AWS_ERROR_MQTT5_PACKET_VALIDATION", "AWS_ERROR_MQTT5_PUBLISH_OPTIONS_VALIDATION"}
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(slots=True)
+class MqttStatus:
+    endpoint: str
+    port: int
+    client_id: str
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    connection_failures: int = 0
+    rejoined_session: bool = False
+    last_error: str | None = None
+    last_connect_time: float | None = None
+
+
+def check_iot_core_limits(topic: str, payload: bytes) -> None:
+    """Raise PublishError(retryable=False) for a topic or payload AWS IoT Core would refuse."""
+    topic_bytes = len(topic.encode())
+    if not topic or "#" in topic or "+" in topic:
+        raise PublishError(f"topic {topic!r} is empty or has a wildcard", retryable=False)
+    if topic_bytes > MAX_TOPIC_BYTES:
+        raise PublishError(
+            f"topic {topic!r} is {topic_bytes} bytes, over IoT Core's {MAX_TOPIC_BYTES}", retryable=False
+        )
+    counted = topic
+    if topic.startswith("$aws/rules/"):
+        counted = topic.split("/", 3)[3] if topic.count("/") >= 3 else ""  # noqa: PLR2004 - $aws/rules/<rule>/
+    if counted.count("/") > MAX_TOPIC_SLASHES:
+        raise PublishError(
+            f"topic {topic!r} has {counted.count('/')} slashes, over IoT Core's {MAX_TOPIC_SLASHES}", retryable=False
+        )
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PublishError(
+            f"payload of {len(payload)} bytes on {topic!r} is over IoT Core's {MAX_PAYLOAD_BYTES}", retryable=False
+        )
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    f_parts, t_parts = topic_filter.split("/"), topic.split("/")
+    for i, part in enumerate(f_parts):
+        if part == "#":
+            return True
+        if i >= len(t_parts) or (part not in ("+", t_parts[i])):
+            return False
+    return len(f_parts) == len(t_parts)
+
+
+def _crt_error_name(exc: BaseException) -> str:
+    if isinstance(exc, crt_exceptions.AwsCrtError):
+        return str(exc.name)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class MqttTransport:
+    def __init__(self, settings: MqttSettings, client_id: str, *, will: tuple[str, bytes] | None = None) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.will = will
+        self.status = MqttStatus(settings.endpoint, settings.port, client_id)
+        self._client: mqtt5.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._handlers: dict[str, MessageHandler] = {}
+        self._failing = False
+
+    @property
+    def connected(self) -> bool:
+        return self.status.connected
+
+    def status_dict(self) -> dict[str, Any]:
+        return asdict(self.status)
+
+    # ---- the one thread -> event loop bridge --------------------------------------------------------
+
+    def _bridge(self, fn: Callable[..., None]) -> Callable[[Any], None]:
+        def on_crt_thread(data: Any) -> None:  # noqa: ANN401 - awscrt callback data types vary
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                    loop.call_soon_threadsafe(fn, data)
+
+        return on_crt_thread
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._connected = asyncio.Event()
+        self._stopped = asyncio.Event()
+        s = self.settings
+        will = None
+        if self.will is not None:
+            will = mqtt5.PublishPacket(topic=self.will[0], payload=self.will[1], qos=mqtt5.QoS.AT_LEAST_ONCE)
+        flow = (
+            mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
+            if s.iot_core_flow_control
+            else mqtt5.ExtendedValidationAndFlowControlOptions.NONE
+        )
+        self._client = mqtt5_client_builder.mtls_from_path(
+            cert_filepath=str(s.cert_file),
+            pri_key_filepath=str(s.key_file),
+            endpoint=s.endpoint,
+            port=s.port,
+            ca_filepath=str(s.ca_file) if s.ca_file else None,
+            client_id=self.client_id,
+            keep_alive_interval_sec=s.keep_alive_s,
+            ping_timeout_ms=s.ping_timeout_ms,
+            ack_timeout_sec=s.ack_timeout_s,
+            min_reconnect_delay_ms=int(s.reconnect_min_s * 1000),
+            max_reconnect_delay_ms=int(s.reconnect_max_s * 1000),
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
+            session_expiry_interval_sec=_SESSION_EXPIRY_S,
+            offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT,
+            extended_validation_and_flow_control_options=flow,
+            will=will,
+            enable_metrics_collection=False,
+            on_publish_received=self._bridge(self._on_message),
+            on_lifecycle_connection_success=self._bridge(self._on_connected),
+            on_lifecycle_connection_failure=self._bridge(self._on_connection_failure),
+            on_lifecycle_disconnection=self._bridge(self._on_disconnected),
+            on_lifecycle_stopped=self._bridge(self._on_stopped),
+        )
+        self._client.start()
+        _log.info("mqtt: connecting to %s:%d as %r", s.endpoint, s.port, self.client_id)
+
+    async def wait_connected(self, timeout_s: float) -> None:
+        assert self._connected is not None, "start() first"
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
+        except TimeoutError:
+            raise PublishError(
+                f"no MQTT connection to {self.settings.endpoint}:{self.settings.port} within {timeout_s:.0f} s"
+                f" (last error: {self.status.last_error or 'none'})"
+            ) from None
+
+    async def stop(self, final: tuple[str, bytes] | None = None) -> None:
+        if self._client is None or self._stopped is None:
+            return
+        if final is not None and self.connected:
+            with contextlib.suppress(PublishError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.publish(*final)
+        self._client.stop(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await self._stopped.wait()
+        self._client = None
+
+    # ---- lifecycle events (on the loop) -------------------------------------------------------
+
+    def _on_connected(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
+        st = self.status
+        st.connected = True
+        st.connects += 1
+        st.last_connect_time = time.time()
+        settings = data.negotiated_settings
+        st.rejoined_session = bool(settings and settings.rejoined_session)
+        self._failing = False
+        assert self._connected is not None
+        self._connected.set()
+        _log.info(
+            "mqtt: connected to %s:%d (session %s)",
+            self.settings.endpoint,
+            self.settings.port,
+            "resumed" if st.rejoined_session else "new",
+        )
+        if not st.rejoined_session:
+            for topic_filter in self._handlers:
+                self._send_subscribe(topic_filter)
+
+    def _on_connection_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
+        st = self.status
+        st.connection_failures += 1
+        reason = _crt_error_name(data.exception) if data.exception else "unknown"
+        if data.connack_packet is not None:
+            reason += f" (CONNACK {data.connack_packet.reason_code!r})"
+        st.last_error = f"connect failed: {reason}"
+        if not self._failing:
+            self._failing = True
+            _log.warning(
+                "mqtt: cannot connect to %s:%d: %s; retrying with backoff",
+                self.settings.endpoint,
+                self.settings.port,
+                reason,
+            )
+
+    def _on_disconnected(self, data: mqtt5.LifecycleDisconnectData) -> None:
+        st = self.status
+        was_connected = st.connected
+        st.connected = False
+        assert self._connected is not None
+        self._connected.clear()
+        if not was_connected:
+            return
+        st.disconnects += 1
+        reason = _crt_error_name(data.exception) if data.exception else "broker closed the connection"
+        st.last_error = f"disconnected: {reason}"
+        if reason != "AWS_ERROR_MQTT5_USER_REQUESTED_STOP":
+            _log.warning("mqtt: disconnected from %s:%d: %s", self.settings.endpoint, self.settings.port, reason)
+
+    def _on_stopped(self, _data: mqtt5.LifecycleStoppedData) -> None:
+        assert self._stopped is not None
+        self._stopped.set()
+
+    def _on_message(self, data: mqtt5.PublishReceivedData) -> None:
+        packet = data.publish_packet
+        for topic_filter, handler in self._handlers.items():
+            if topic_matches(topic_filter, packet.topic):
+                try:
+                    handler(packet.topic, bytes(packet.payload or b""))
+                except Exception:  # noqa: BLE001 - a bad handler must not stop message delivery
+                    _log.exception("mqtt: handler for %r failed on a message from %r", topic_filter, packet.topic)
+
+    # ---- operations ---------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes) -> int:
+        check_iot_core_limits(topic, payload)
+        client = self._require_client()
+        try:
+            crt_future = client.publish(mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE))
+        except Exception as exc:  # awscrt raises plain RuntimeError for invalid packets
+            raise PublishError(f"publish to {topic!r} refused by the client: {exc}", retryable=False) from exc
+        try:
+            result = await _await_crt(crt_future)
+        except crt_exceptions.AwsCrtError as exc:
+            raise PublishError(
+                f"publish to {topic!r} failed: {exc.name}", retryable=exc.name not in _PERMANENT_ERRORS
+            ) from exc
+        code = int(result.puback.reason_code) if result.puback is not None else 0
+        if code >= 0x80:  # noqa: PLR2004 - MQTT 5: reason codes >= 0x80 are failures
+            name = getattr(result.puback.reason_code, "name", str(code))
+            raise PublishError(f"broker refused publish to {topic!r}: {name} ({code})", reason_code=code)
+        return code
+
+    async def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        self._handlers[topic_filter] = handler
+        if self.connected:
+            await self._subscribe(topic_filter)
+
+    def _send_subscribe(self, topic_filter: str) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._subscribe(topic_filter), name=f"mqtt:subscribe:{topic_filter}")
+        task.add_done_callback(_log_task_error)
+
+    async def _subscribe(self, topic_filter: str) -> None:
+        client = self._require_client()
+        packet = mqtt5.SubscribePacket(subscriptions=[mqtt5.Subscription(topic_filter, qos=mqtt5.QoS.AT_LEAST_ONCE)])
+        try:
+            suback = await _await_crt(client.subscribe(packet))
+        except crt_exceptions.AwsCrtError as exc:
+            raise PublishError(f"subscribe to {topic_filter!r} failed: {exc.name}") from exc
+        codes = [int(c) for c in suback.reason_codes]
+        if any(c >= 0x80 for c in codes):  # noqa: PLR2004
+            raise PublishError(f"broker refused subscription to {topic_filter!r}: reason codes {codes}")
+
+    def _require_client(self) -> mqtt5.Client:
+        if self._client is None:
+            raise PublishError("MQTT transport is not started", retryable=False)
+        return self._client
+
+
+async def _await_crt(crt_future: concurrent.futures.Future[Any]) -> Any:  # noqa: ANN401
+    """Await a CRT future without ever cancelling it: cancelling would lose its result (the PUBACK)."""
+    wrapped = asyncio.wrap_future(crt_future)
+    # If our caller is cancelled, still retrieve the outcome so asyncio does not warn about it.
+    wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return await asyncio.shield(wrapped)
+
+
+def _log_task_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("mqtt: %s", task.exception())

@@ -1,0 +1,175 @@
+"""Drain one destination's buffer cursor to the cloud.
+
+A publisher MUST (DESIGN.md §3):
+- read the next records from its own cursor, batch them by size (``max_message_bytes``) or age
+  (``max_latency_ms``), encode them for the destination and publish QoS1;
+- ack the buffer range of a batch only after every message of it got a PUBACK with a success code;
+- keep at most ``max_in_flight`` messages unacknowledged (the awscrt offline queue is unbounded: the
+  durable buffer is the queue, not the client's memory);
+- retry a failed message with exponential backoff and full jitter, never in a hot loop; a message the
+  broker can never take (``PublishError.retryable`` false) is counted and logged as rejected and its range
+  acked, so one poison message cannot block the backlog forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edge_gateway.backoff import Backoff
+from edge_gateway.buffer.base import Buffer, Record
+from edge_gateway.config import IotCoreDestination
+from edge_gateway.errors import PublishError
+from edge_gateway.publish.iotcore import Message, encode_batch
+
+_log = logging.getLogger(__name__)
+
+_READ_RECORDS = 4000  # records per buffer read; a batch is several reads when points are small
+
+
+class Transport(Protocol):
+    async def publish(self, topic: str, payload: bytes) -> int:
+        """QoS1 publish; the PUBACK reason code, or PublishError."""
+
+
+@dataclass(slots=True)
+class PublisherStatus:
+    name: str
+    messages: int = 0  # acknowledged by the broker
+    points: int = 0
+    payload_bytes: int = 0
+    failures: int = 0
+    rejected_points: int = 0
+    in_flight: int = 0
+    last_ack_ns: int | None = None
+    last_error: str | None = None
+    failures_by_code: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher:
+    def __init__(
+        self,
+        dest: IotCoreDestination,
+        buffer: Buffer,
+        transport: Transport,
+        *,
+        thing: str,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.dest = dest
+        self.name = dest.name
+        self.buffer = buffer
+        self.transport = transport
+        self.thing = thing
+        self.status = PublisherStatus(dest.name)
+        self._backoff = backoff or Backoff(1.0, 60.0)
+        self._window = asyncio.Semaphore(dest.max_in_flight)
+        self._failing = False
+
+    async def run(self) -> None:
+        # Whatever a previous run handed out but never got acked is due again.
+        self.buffer.rewind(self.name)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                records = await self._next_batch()
+                messages = encode_batch(
+                    records, thing=self.thing, topic_template=self.dest.topic, max_bytes=self.dest.max_message_bytes
+                )
+                batch = _Batch(records[0].seq, records[-1].seq, len(messages))
+                for msg in messages:
+                    await self._window.acquire()
+                    self.status.in_flight += 1
+                    tg.create_task(self._deliver(msg, batch), name=f"publish:{self.name}:{msg.first_seq}")
+
+    async def _next_batch(self) -> list[Record]:
+        """Wait for data, then gather until the batch is full or the oldest record waited max_latency."""
+        records = await self.buffer.read(self.name, _READ_RECORDS, 3600.0)
+        while not records:
+            records = await self.buffer.read(self.name, _READ_RECORDS, 3600.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.dest.max_latency_ms / 1000
+        while len(records) < self._batch_records():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            more = await self.buffer.read(self.name, _READ_RECORDS, remaining)
+            if not more:
+                break
+            records.extend(more)
+        return records
+
+    def _batch_records(self) -> int:
+        # Enough records to fill every in-flight slot with a full message at ~12 bytes per point.
+        return max(_READ_RECORDS, self.dest.max_message_bytes // 12)
+
+    async def _deliver(self, msg: Message, batch: _Batch) -> None:
+        try:
+            while True:
+                try:
+                    await self.transport.publish(msg.topic, msg.payload)
+                except PublishError as exc:
+                    if not exc.retryable:
+                        self._reject(msg, exc)
+                        break
+                    self._fail(exc)
+                    await asyncio.sleep(self._backoff.next_delay())
+                else:
+                    self._succeed(msg)
+                    break
+            if batch.message_done():
+                self.buffer.ack(self.name, batch.first_seq, batch.last_seq)
+        finally:
+            self.status.in_flight -= 1
+            self._window.release()
+
+    def _succeed(self, msg: Message) -> None:
+        s = self.status
+        s.messages += 1
+        s.points += msg.points
+        s.payload_bytes += len(msg.payload)
+        s.last_ack_ns = time.time_ns()
+        self._backoff.reset()
+        if self._failing:
+            self._failing = False
+            _log.info("publisher %s: delivering again", self.name)
+
+    def _fail(self, exc: PublishError) -> None:
+        s = self.status
+        s.failures += 1
+        code = str(exc.reason_code) if exc.reason_code is not None else type(exc.__cause__ or exc).__name__
+        s.failures_by_code[code] = s.failures_by_code.get(code, 0) + 1
+        s.last_error = str(exc)
+        if not self._failing:
+            self._failing = True
+            _log.warning("publisher %s: publish failed, retrying with backoff: %s", self.name, exc)
+
+    def _reject(self, msg: Message, exc: PublishError) -> None:
+        self.status.rejected_points += msg.points
+        self.status.last_error = str(exc)
+        _log.error(
+            "publisher %s: the broker cannot take a message of %d point(s) (seqs %d..%d, %d bytes) on %s: %s; "
+            "those points are counted as rejected",
+            self.name,
+            msg.points,
+            msg.first_seq,
+            msg.last_seq,
+            len(msg.payload),
+            msg.topic,
+            exc,
+        )
+
+
+class _Batch:
+    """Acks a buffer range once all messages encoded from it are delivered."""
+
+    __slots__ = ("first_seq", "last_seq", "pending")
+
+    def __init__(self, first_seq: int, last_seq: int, messages: int) -> None:
+        self.first_seq, self.last_seq, self.pending = first_seq, last_seq, messages
+
+    def message_done(self) -> bool:
+        self.pending -= 1
+        return self.pending == 0

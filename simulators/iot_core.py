@@ -1,0 +1,299 @@
+"""Local stand-in for AWS IoT Core: Mosquitto with mutual TLS, plus the test PKI it needs.
+
+- ``generate_pki(dir)`` makes a CA, a server certificate (SANs localhost, 127.0.0.1, ::1) and a client
+  certificate whose CN is the thing name; ``add_client(pki, name)`` makes more clients (a consumer).
+- ``MosquittoBroker`` writes a config in its directory and runs ``mosquitto`` on a loopback port:
+  mTLS required, the client certificate CN is the username, MQTT 5, ``max_packet_size 131072`` like
+  IoT Core's 128 KB limit. ``stop()`` then ``start()`` reuses the same port (outage tests).
+
+Run alone: ``python -m simulators.iot_core --port 8883 --dir var/broker [--thing demo-gateway]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_VALID_DAYS = 3650
+
+
+@dataclass(frozen=True, slots=True)
+class Pki:
+    directory: Path
+    ca_file: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    # Readable by the broker after it drops privileges to user mosquitto (see _write_config).
+    path.chmod(0o644)
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    server: bool = False,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer[0].subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
+    )
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    else:
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if server:
+        sans: list[x509.GeneralName] = [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    signer = issuer[1] if issuer else key
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return cert, key
+
+
+def add_client(directory: Path, name: str) -> tuple[Path, Path]:
+    """A client certificate and key signed by the PKI's CA; CN (and so the broker username) is ``name``."""
+    ca = _load_ca(directory)
+    key = _key()
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    _write_cert(cert_path, _cert(name, key, ca))
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
+def generate_pki(directory: Path, *, thing_name: str = "test-gateway") -> Pki:
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / "ca.pem").exists():
+        ca_key = _key()
+        ca_cert = _cert("edge-gateway test CA", ca_key, None)
+        _write_cert(directory / "ca.pem", ca_cert)
+        _write_key(directory / "ca.key", ca_key)
+        server_key = _key()
+        _write_cert(directory / "server.pem", _cert("localhost", server_key, (ca_cert, ca_key), server=True))
+        _write_key(directory / "server.key", server_key)
+    if not (directory / f"{thing_name}.pem").exists():
+        add_client(directory, thing_name)
+    return Pki(
+        directory,
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
+        directory / f"{thing_name}.pem",
+        directory / f"{thing_name}.key",
+    )
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if found is None:
+        msg = "mosquitto is not installed: run `make setup` (it installs the Debian package)"
+        raise FileNotFoundError(msg)
+    return found
+
+
+class MosquittoBroker:
+    def __init__(
+        self,
+        pki: Pki,
+        directory: Path,
+        port: int | None = None,
+        *,
+        acl_file: Path | None = None,
+        persistent: bool = False,
+    ) -> None:
+        self.pki = pki
+        # Persistent: sessions and their queued messages survive a broker restart (saved on SIGTERM), so a
+        # consumer misses nothing published while it was still reconnecting.
+        self.persistent = persistent
+        self.directory = directory
+        self.port = port or free_port()
+        self.acl_file = acl_file
+        self.log_file = directory / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _write_config(self) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "per_listener_settings false",
+            *(
+                ["persistence true", f"persistence_location {self.directory}/", "autosave_interval 1"]
+                if self.persistent
+                else ["persistence false"]
+            ),
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            f"listener {self.port} 127.0.0.1",
+            "protocol mqtt",
+            f"cafile {self.pki.ca_file}",
+            f"certfile {self.pki.server_cert}",
+            f"keyfile {self.pki.server_key}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+            "max_packet_size 131072",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+        ]
+        if os.geteuid() == 0:
+            lines.insert(0, "user root")  # else mosquitto drops to user `mosquitto` before reading keys
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if self.running:
+            return
+        conf = self._write_config()
+        log = self.log_file.open("ab")
+        self._proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                msg = f"mosquitto exited with {self._proc.returncode}: {self.log_file.read_text()[-2000:]}"
+                raise RuntimeError(msg)
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        msg = f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout_s} s"
+        raise RuntimeError(msg)
+
+    def set_acl(self, text: str) -> None:
+        """Replace the ACL file; a running broker reloads it (SIGHUP) without dropping connections."""
+        if self.acl_file is None:
+            self.acl_file = self.directory / "acl"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.acl_file.write_text(text)
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Mosquitto with mutual TLS, standing in for AWS IoT Core")
+    parser.add_argument("--port", type=int, default=8883)
+    parser.add_argument("--dir", type=Path, default=Path("var/broker"))
+    parser.add_argument("--thing", default="demo-gateway")
+    args = parser.parse_args(argv)
+    pki = generate_pki(args.dir / "pki", thing_name=args.thing)
+    broker = MosquittoBroker(pki, args.dir, args.port)
+    broker.start()
+    print(f"READY mqtts://127.0.0.1:{broker.port}", flush=True)
+    print(f"ca={pki.ca_file} cert={pki.client_cert} key={pki.client_key} log={broker.log_file}", flush=True)
+    stop = False
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop and broker.running:
+        time.sleep(0.2)
+    broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

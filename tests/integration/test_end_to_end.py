@@ -1,0 +1,98 @@
+"""The whole pipeline: PLC simulators -> gateway (a subprocess, from a config file) -> Mosquitto (mTLS)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from simulators.iot_core import MosquittoBroker, Pki, free_port
+from tests.support import Consumer, GatewayProcess, gateway_config, start_sim, stop_process
+
+COUNTERS = ("press.counter", "boiler.counter")
+
+
+@pytest.fixture
+def plcs() -> Iterator[tuple[int, int]]:
+    opcua_port, modbus_port = free_port(), free_port()
+    opcua = start_sim("simulators.opcua_plc", opcua_port)
+    modbus = start_sim("simulators.modbus_plc", modbus_port)
+    yield opcua_port, modbus_port
+    stop_process(opcua)
+    stop_process(modbus)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int]) -> Iterator[GatewayProcess]:
+    config = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
+    gw = GatewayProcess(config, tmp_path)
+    yield gw
+    gw.stop()
+
+
+def assert_complete(values: list[Any], alias: str) -> list[int]:
+    """Every counter value from the first received to the last is there, in order; returns the distinct ones."""
+    assert values, f"no {alias} values received"
+    distinct = sorted(set(values))
+    missing = sorted(set(range(distinct[0], distinct[-1] + 1)) - set(distinct))
+    assert not missing, f"{alias}: {len(missing)} value(s) missing, first {missing[:10]}"
+    return distinct
+
+
+def assert_in_order(values: list[Any], alias: str) -> None:
+    firsts = list(dict.fromkeys(values))  # first arrival of each value, in arrival order
+    assert firsts == sorted(firsts), f"{alias}: values arrived out of order"
+
+
+async def test_counters_of_both_sources_arrive_complete_and_in_order(
+    gateway: GatewayProcess, consumer: Consumer
+) -> None:
+    await consumer.subscribe("dt/#")
+    gateway.start()
+    await consumer.wait_for(lambda: all(len(set(consumer.values(a))) >= 40 for a in COUNTERS), 40)
+    for alias in COUNTERS:
+        assert_complete(consumer.values(alias), alias)
+        assert_in_order(consumer.values(alias), alias)
+    docs = consumer.docs()
+    assert {d["src"] for d in docs} == {"press", "boiler"}
+    assert {t for t, _ in consumer.messages} == {"dt/test-gateway/press", "dt/test-gateway/boiler"}
+    assert all(d["v"] == 1 and d["gw"] == "test-gateway" for d in docs)
+    for doc in docs:
+        assert doc["n"] == sum(len(entries) for entries in doc["p"].values())
+    # Without failures each reading is published once: per source, sequence ranges never overlap.
+    for src in ("press", "boiler"):
+        ranges = sorted(tuple(d["seq"]) for d in docs if d["src"] == src)
+        for (_, last), (first, _) in itertools.pairwise(ranges):
+            assert first > last, f"{src}: overlapping sequence ranges {ranges}"
+    status = gateway.wait_status(lambda s: s["destinations"]["cloud"]["points"] > 0, 10)
+    assert status["mqtt"]["connected"] is True
+    assert status["sources"]["press"]["state"] == "connected"
+    assert status["sources"]["boiler"]["state"] == "connected"
+    assert gateway.stop() == 0
+    assert "gateway test-gateway stopped" in gateway.log()
+
+
+def test_invalid_config_names_the_field_and_starts_nothing(tmp_path: Path, pki: Pki, broker: MosquittoBroker) -> None:
+    config = gateway_config(tmp_path, pki, broker, opcua_port=4840, modbus_port=5020)
+    config["sources"][1]["points"][0]["data_type"] = "int24"
+    config["publisher"]["mqtt"]["port"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for command in ("validate", "run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_gateway", command, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "sources.1.modbus.points.0.data_type: Input should be 'int16', 'uint16'" in result.stderr
+        assert "publisher.mqtt.port: Input should be greater than or equal to 1" in result.stderr
+    assert not (tmp_path / "var").exists()  # no buffer, no status file: nothing started

@@ -1,0 +1,209 @@
+"""Helpers shared by the integration and fault tests: real processes on loopback, never mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_gateway.config import MqttSettings
+from edge_gateway.publish.mqtt import MqttTransport
+from simulators.iot_core import MosquittoBroker, Pki
+
+THING = "test-gateway"
+ALLOW_ALL_ACL = "user test-consumer\ntopic readwrite #\n\nuser test-gateway\ntopic readwrite #\n"
+DENY_GATEWAY_ACL = "user test-consumer\ntopic readwrite #\n"
+
+
+def mqtt_settings(pki: Pki, broker: MosquittoBroker, *, client: str = THING, **overrides: Any) -> MqttSettings:
+    values: dict[str, Any] = {
+        "endpoint": "127.0.0.1",
+        "port": broker.port,
+        "ca_file": pki.ca_file,
+        "cert_file": pki.directory / f"{client}.pem",
+        "key_file": pki.directory / f"{client}.key",
+        "keep_alive_s": 5,
+        "ping_timeout_ms": 1000,
+        "ack_timeout_s": 5,
+        "reconnect_min_s": 0.2,
+        "reconnect_max_s": 1.0,
+        "iot_core_flow_control": False,
+    }
+    return MqttSettings(**(values | overrides))
+
+
+class Consumer:
+    """Subscribes like a cloud rule would and keeps every message it receives, in arrival order."""
+
+    def __init__(self, transport: MqttTransport) -> None:
+        self.transport = transport
+        self.messages: list[tuple[str, bytes]] = []
+        self._arrived = asyncio.Event()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.messages.append((topic, payload))
+        self._arrived.set()
+
+    async def subscribe(self, topic_filter: str) -> None:
+        await self.transport.subscribe(topic_filter, self._on_message)
+
+    def docs(self) -> list[dict[str, Any]]:
+        return [json.loads(p) for _, p in self.messages]
+
+    def values(self, alias: str) -> list[Any]:
+        """Every value received for one alias, in arrival order (duplicates included)."""
+        out: list[Any] = []
+        for doc in self.docs():
+            out.extend(entry[1] for entry in doc["p"].get(alias, []))
+        return out
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self._arrived.clear()
+                try:
+                    async with asyncio.timeout(0.5):
+                        await self._arrived.wait()
+                except TimeoutError:
+                    pass
+
+
+def start_sim(module: str, port: int, tick_ms: int = 100) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--port", str(port), "--tick-ms", str(tick_ms)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("READY"), f"{module} did not start: {line!r}"
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(8)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def gateway_config(
+    directory: Path, pki: Pki, broker: MosquittoBroker, *, opcua_port: int, modbus_port: int
+) -> dict[str, Any]:
+    """A config document for the gateway against both simulators and the local broker."""
+    settings = mqtt_settings(pki, broker)
+    return {
+        "gateway": {"thing_name": THING, "data_dir": str(directory / "var")},
+        "buffer": {"max_bytes": 64 << 20, "segment_bytes": 1 << 20},
+        "sources": [
+            {
+                "type": "opcua",
+                "name": "press",
+                "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}",
+                "publishing_interval_ms": 100,
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1.0,
+                "nodes": [
+                    {"alias": "press.counter", "node_id": "ns=2;s=Line1.Counter"},
+                    {"alias": "press.temperature", "node_id": "ns=2;s=Line1.Temperature"},
+                    {"alias": "press.state", "node_id": "ns=2;s=Line1.State"},
+                ],
+            },
+            {
+                "type": "modbus",
+                "name": "boiler",
+                "host": "127.0.0.1",
+                "port": modbus_port,
+                "poll_interval_ms": 50,
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1.0,
+                "points": [
+                    {"alias": "boiler.counter", "address": 0, "data_type": "uint32"},
+                    {"alias": "boiler.temperature", "address": 2, "data_type": "int16", "scale": 0.1},
+                    {
+                        "alias": "boiler.flow",
+                        "table": "input",
+                        "address": 2,
+                        "data_type": "float32",
+                        "word_order": "little",
+                    },
+                ],
+            },
+        ],
+        "publisher": {
+            "mqtt": json.loads(settings.model_dump_json()),
+            "destinations": [
+                {"type": "iotcore", "name": "cloud", "topic": "dt/{thing}/{source}", "max_latency_ms": 200}
+            ],
+        },
+        "status": {"interval_s": 0.5},
+    }
+
+
+class GatewayProcess:
+    """The gateway as a user runs it: `python -m edge_gateway run --config FILE`."""
+
+    def __init__(self, config: dict[str, Any], directory: Path) -> None:
+        self.directory = directory
+        self.config_path = directory / "gateway.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.status_path = Path(config["gateway"]["data_dir"]) / "status.json"
+        self.buffer_path = Path(config["gateway"]["data_dir"]) / "buffer"
+        self.log_path = directory / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_gateway", "run", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=log,
+                env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            )
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.status_path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def wait_status(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            doc = self.status()
+            if doc and predicate(doc):
+                return doc
+            assert self.proc is not None
+            assert self.proc.poll() is None, f"gateway exited: {self.log()[-3000:]}"
+            time.sleep(0.1)
+        msg = f"gateway status never matched; last: {self.status()}\nlog:\n{self.log()[-3000:]}"
+        raise AssertionError(msg)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        stop_process(self.proc)
+        return int(self.proc.returncode)
