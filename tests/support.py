@@ -66,6 +66,13 @@ class Consumer:
             out.extend(entry[1] for entry in doc["p"].get(alias, []))
         return out
 
+    def points(self, alias: str) -> list[tuple[int, Any]]:
+        """(timestamp ms, value) of every reading received for one alias, in arrival order."""
+        out: list[tuple[int, Any]] = []
+        for doc in self.docs():
+            out.extend((doc["t0"] + entry[0], entry[1]) for entry in doc["p"].get(alias, []))
+        return out
+
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
             while not predicate():

@@ -6,7 +6,8 @@ A publisher MUST (DESIGN.md §3):
 - ack the buffer range of a batch only after every message of it got a PUBACK with a success code;
 - keep at most ``max_in_flight`` messages unacknowledged (the awscrt offline queue is unbounded: the
   durable buffer is the queue, not the client's memory);
-- retry a failed message with exponential backoff and full jitter, never in a hot loop; a message the
+- retry a failed message with exponential backoff and full jitter, never in a hot loop (one schedule shared
+  by all failing messages, so they retry together and delivery order survives most failures); a message the
   broker can never take (``PublishError.retryable`` false) is counted and logged as rejected and its range
   acked, so one poison message cannot block the backlog forever.
 """
@@ -68,6 +69,7 @@ class Publisher:
         self._backoff = backoff or Backoff(1.0, 60.0)
         self._window = asyncio.Semaphore(dest.max_in_flight)
         self._failing = False
+        self._retry_at = 0.0
 
     async def run(self) -> None:
         # Whatever a previous run handed out but never got acked is due again.
@@ -115,7 +117,7 @@ class Publisher:
                         self._reject(msg, exc)
                         break
                     self._fail(exc)
-                    await asyncio.sleep(self._backoff.next_delay())
+                    await self._wait_for_retry()
                 else:
                     self._succeed(msg)
                     break
@@ -124,6 +126,15 @@ class Publisher:
         finally:
             self.status.in_flight -= 1
             self._window.release()
+
+    async def _wait_for_retry(self) -> None:
+        """All failing messages share one backoff schedule and retry together, oldest first in practice,
+        instead of each drifting on its own growing delay (which would reorder and slow the drain)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._retry_at <= now:
+            self._retry_at = now + self._backoff.next_delay()
+        await asyncio.sleep(self._retry_at - now)
 
     def _succeed(self, msg: Message) -> None:
         s = self.status

@@ -16,13 +16,16 @@ from simulators.iot_core import MosquittoBroker, Pki, free_port
 from tests.support import Consumer, GatewayProcess, gateway_config, start_sim, stop_process
 
 COUNTERS = ("press.counter", "boiler.counter")
+# The Modbus counter is sampled by polling (every 50 ms): ticking 5x slower than that keeps every value
+# observable even when a busy 2-core CI machine delays a poll.
+MODBUS_TICK_MS = 250
 
 
 @pytest.fixture
 def plcs() -> Iterator[tuple[int, int]]:
     opcua_port, modbus_port = free_port(), free_port()
     opcua = start_sim("simulators.opcua_plc", opcua_port)
-    modbus = start_sim("simulators.modbus_plc", modbus_port)
+    modbus = start_sim("simulators.modbus_plc", modbus_port, tick_ms=MODBUS_TICK_MS)
     yield opcua_port, modbus_port
     stop_process(opcua)
     stop_process(modbus)
