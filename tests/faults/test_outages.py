@@ -70,7 +70,8 @@ async def stop_broker(broker: MosquittoBroker, consumer: Consumer, gateway: Gate
 
     def drained() -> bool:
         acked = int(gateway.status()["destinations"]["cloud"]["points"])
-        return acked == sum(d["n"] for d in consumer.docs()) == int(gateway.status()["destinations"]["cloud"]["points"])
+        received = sum(int(d["n"]) for d in consumer.docs())
+        return acked == received == int(gateway.status()["destinations"]["cloud"]["points"])
 
     deadline = time.monotonic() + 15
     while not drained():
