@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-e2e bench-buffer build clean
+.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-e2e clean
 
 setup: ## create .venv, install the package with dev extras, install Mosquitto when missing
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,7 @@ demo: ## both PLC simulators, a local mTLS broker, the gateway and a live view (
 sim: ## just the two PLC simulators, in the foreground
 	$(PY) -m simulators.opcua_plc --port 4840 & $(PY) -m simulators.modbus_plc --port 5020; kill %1
 
-bench: bench-buffer bench-e2e
-
-bench-buffer:
-	$(PY) -m bench.buffer
+bench: bench-e2e
 
 bench-e2e:
 	$(PY) -m bench.e2e

@@ -13,7 +13,8 @@ Register map, unit id 1 (PDU addresses, 0-based; 32-bit values span two register
     input   4     ambient        int16, tenths of °C
     coil    0     running        bool
 
-Holding and input registers exist at 0..99; anything beyond answers exception 2 (illegal data
+Holding and input registers exist at 0..99 (``--registers N`` for more: registers 16 and up then hold a
+pattern that changes every tick, for load tests); anything beyond answers exception 2 (illegal data
 address). A tick updates every value at once, and reads copy from that state in one step, so a client
 never sees half of a 32-bit value from one tick and half from the next.
 
@@ -58,10 +59,19 @@ def i16(value: int) -> int:
 
 
 class ModbusPlc:
-    def __init__(self, host: str = "127.0.0.1", port: int = 5020, *, tick_ms: int = 100, unit: int = UNIT) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5020,
+        *,
+        tick_ms: int = 100,
+        unit: int = UNIT,
+        registers: int = REGISTERS,
+    ) -> None:
         self.host, self.port, self.tick_s, self.unit = host, port, tick_ms / 1000, unit
-        self.holding = [0] * REGISTERS
-        self.input = [0] * REGISTERS
+        self.registers = max(registers, REGISTERS)
+        self.holding = [0] * self.registers
+        self.input = [0] * self.registers
         self.coils = [False] * 16
         self.counter = 0
         self._tick = 0
@@ -90,6 +100,8 @@ class ModbusPlc:
         i[2:4] = f32_words(12.5 + math.sin(t / 5), low_first=True)
         i[4] = i16(round((15 + 5 * math.sin(t / 60)) * 10))
         self.coils[0] = running
+        if self.registers > REGISTERS:
+            self.holding[16:] = [(self._tick + n) & 0xFFFF for n in range(self.registers - 16)]
 
     async def _on_access(
         self,
@@ -113,7 +125,7 @@ class ModbusPlc:
             return [SimData(0, count=16, values=False, datatype=DataType.BITS)]
 
         def regs() -> list[SimData]:
-            return [SimData(0, count=REGISTERS, values=0, datatype=DataType.REGISTERS)]
+            return [SimData(0, count=self.registers, values=0, datatype=DataType.REGISTERS)]
 
         return SimDevice(self.unit, simdata=(bits(), bits(), regs(), regs()), action=self._on_access)
 
@@ -151,7 +163,7 @@ class ModbusPlc:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    plc = ModbusPlc(args.host, args.port, tick_ms=args.tick_ms, unit=args.unit)
+    plc = ModbusPlc(args.host, args.port, tick_ms=args.tick_ms, unit=args.unit, registers=args.registers)
     await plc.start()
     print(f"READY modbus-tcp://{args.host}:{args.port}", flush=True)
     stop = asyncio.Event()
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5020)
     parser.add_argument("--tick-ms", type=int, default=100)
     parser.add_argument("--unit", type=int, default=UNIT)
+    parser.add_argument("--registers", type=int, default=REGISTERS, help="holding/input registers per table")
     asyncio.run(_main(parser.parse_args(argv)))
     return 0
 
