@@ -37,7 +37,7 @@ demo: ## both PLC simulators, a local mTLS broker, the gateway and a live view (
 	$(PY) -m simulators.demo
 
 sim: ## just the two PLC simulators, in the foreground
-	$(PY) -m simulators.opcua_plc --port 4840 & $(PY) -m simulators.modbus_plc --port 5020; kill %1
+	@bash -c 'trap "kill 0" EXIT; $(PY) -m simulators.opcua_plc --port 4840 & $(PY) -m simulators.modbus_plc --port 5020 & wait'
 
 bench: bench-e2e
 
