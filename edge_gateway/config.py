@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -55,7 +55,19 @@ class OpcUaNode(_Model):
     node_id: str = Field(min_length=1, description='OPC UA NodeId string, e.g. "ns=2;s=Line1.Counter"')
 
 
-class OpcUaSource(_Model):
+class _Reconnecting(_Model):
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_bounds(self) -> Self:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            msg = f"reconnect_min_s ({self.reconnect_min_s}) must not exceed reconnect_max_s ({self.reconnect_max_s})"
+            raise ValueError(msg)
+        return self
+
+
+class OpcUaSource(_Reconnecting):
     type: Literal["opcua"]
     name: str = Field(pattern=_NAME_PATTERN)
     endpoint: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port[/path]")
@@ -63,8 +75,6 @@ class OpcUaSource(_Model):
     sampling_interval_ms: int = Field(default=0, ge=0, le=3_600_000)
     queue_size: int = Field(default=100, ge=1, le=10_000)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
     nodes: list[OpcUaNode] = Field(min_length=1)
 
     @field_validator("nodes")
@@ -92,7 +102,7 @@ class ModbusPoint(_Model):
         return 1 if self.data_type in ("int16", "uint16") else 2
 
 
-class ModbusTcpSource(_Model):
+class ModbusTcpSource(_Reconnecting):
     type: Literal["modbus"]
     name: str = Field(pattern=_NAME_PATTERN)
     host: str = Field(min_length=1)
@@ -100,8 +110,6 @@ class ModbusTcpSource(_Model):
     unit_id: int = Field(default=1, ge=0, le=255)
     poll_interval_ms: int = Field(default=1000, ge=10, le=3_600_000)
     timeout_s: float = Field(default=2.0, gt=0, le=60)
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
     points: list[ModbusPoint] = Field(min_length=1)
 
     @field_validator("points")
@@ -114,7 +122,7 @@ class ModbusTcpSource(_Model):
 SourceConfig = Annotated[OpcUaSource | ModbusTcpSource, Field(discriminator="type")]
 
 
-class MqttSettings(_Model):
+class MqttSettings(_Reconnecting):
     endpoint: str = Field(min_length=1, description="IoT Core ATS endpoint or a local broker host")
     port: int = Field(default=443, ge=1, le=65535)
     # Default: "<thing_name>-gateway" (the Greengrass nucleus already uses the thing name).
@@ -125,7 +133,6 @@ class MqttSettings(_Model):
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
     ping_timeout_ms: int = Field(default=3000, ge=100, le=60_000)
     ack_timeout_s: int = Field(default=10, ge=1, le=600)
-    reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=120.0, gt=0)
     # Keep awscrt's AWS IoT Core flow control (100 publishes/s, ~512 KiB/s) on; turn off only for a
     # local broker in benchmarks.

@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import math
 import random
-import signal
 import struct
 import sys
-from types import TracebackType
-from typing import Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from simulators.ticking import TickingSimulator
 
 REGISTERS = 100
 UNIT = 1
@@ -58,7 +56,7 @@ def i16(value: int) -> int:
     return value & 0xFFFF
 
 
-class ModbusPlc:
+class ModbusPlc(TickingSimulator):
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -77,7 +75,6 @@ class ModbusPlc:
         self._tick = 0
         self._rng = random.Random(42)
         self._server: ModbusTcpServer | None = None
-        self._ticker: asyncio.Task[None] | None = None
         self.step()
 
     def step(self) -> None:
@@ -129,49 +126,22 @@ class ModbusPlc:
 
         return SimDevice(self.unit, simdata=(bits(), bits(), regs(), regs()), action=self._on_access)
 
-    async def _run_ticks(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
-            deadline += self.tick_s
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            self.step()
+    @property
+    def url(self) -> str:
+        return f"modbus-tcp://{self.host}:{self.port}"
 
-    async def start(self) -> None:
+    async def tick(self) -> None:
+        self.step()
+
+    async def _serve(self) -> None:
         logging.getLogger("pymodbus").setLevel(logging.ERROR)
         self._server = ModbusTcpServer(self._device(), address=(self.host, self.port))
         await self._server.serve_forever(background=True)
-        self._ticker = asyncio.get_running_loop().create_task(self._run_ticks(), name="modbus-plc:tick")
 
-    async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+    async def _shutdown(self) -> None:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-
-async def _main(args: argparse.Namespace) -> None:
-    plc = ModbusPlc(args.host, args.port, tick_ms=args.tick_ms, unit=args.unit, registers=args.registers)
-    await plc.start()
-    print(f"READY modbus-tcp://{args.host}:{args.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await plc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick-ms", type=int, default=100)
     parser.add_argument("--unit", type=int, default=UNIT)
     parser.add_argument("--registers", type=int, default=REGISTERS, help="holding/input registers per table")
-    asyncio.run(_main(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    plc = ModbusPlc(args.host, args.port, tick_ms=args.tick_ms, unit=args.unit, registers=args.registers)
+    asyncio.run(plc.run_until_signal())
     return 0
 
 

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import math
 import random
-import signal
 import sys
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from asyncua import ua
 from asyncua.common.node import Node
 from asyncua.server.server import Server
+
+from simulators.ticking import TickingSimulator
 
 NAMESPACE = "urn:edge-gateway:sim:opcua"
 
@@ -56,7 +55,7 @@ def node_id(tag: str) -> str:
     return f"ns=2;s=Line1.{tag}"
 
 
-class OpcUaPlc:
+class OpcUaPlc(TickingSimulator):
     def __init__(self, host: str = "127.0.0.1", port: int = 4840, *, tick_ms: int = 100) -> None:
         self.host, self.port, self.tick_s = host, port, tick_ms / 1000
         self.counter = 0
@@ -64,11 +63,12 @@ class OpcUaPlc:
         self._rng = random.Random(7)
         self._server: Server | None = None
         self._nodes: dict[str, Node] = {}
-        self._ticker: asyncio.Task[None] | None = None
 
     @property
-    def endpoint(self) -> str:
+    def url(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}"
+
+    endpoint = url
 
     def values(self) -> dict[str, Any]:
         """The process one tick further."""
@@ -91,15 +91,10 @@ class OpcUaPlc:
             dv = ua.DataValue(ua.Variant(value, TAGS[tag]), SourceTimestamp=now, ServerTimestamp=now)  # type: ignore[arg-type]
             await self._nodes[tag].write_value(dv)
 
-    async def _run_ticks(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
-            deadline += self.tick_s
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            await self._write_tick()
+    async def tick(self) -> None:
+        await self._write_tick()
 
-    async def start(self) -> None:
+    async def _serve(self) -> None:
         logging.getLogger("asyncua").setLevel(logging.ERROR)
         server = Server()
         await server.init()
@@ -117,38 +112,11 @@ class OpcUaPlc:
         await server.start()
         self._server = server
         await self._write_tick()
-        self._ticker = asyncio.get_running_loop().create_task(self._run_ticks(), name="opcua-plc:tick")
 
-    async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+    async def _shutdown(self) -> None:
         if self._server is not None:
             await self._server.stop()
             self._server = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-
-async def _main(args: argparse.Namespace) -> None:
-    plc = OpcUaPlc(args.host, args.port, tick_ms=args.tick_ms)
-    await plc.start()
-    print(f"READY {plc.endpoint}", flush=True)
-    print("nodes: " + ", ".join(node_id(t) for t in TAGS), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await plc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4840)
     parser.add_argument("--tick-ms", type=int, default=100)
-    asyncio.run(_main(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    plc = OpcUaPlc(args.host, args.port, tick_ms=args.tick_ms)
+    asyncio.run(plc.run_until_signal("nodes: " + ", ".join(node_id(t) for t in TAGS)))
     return 0
 
 

@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 
 from edge_gateway.publish.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, Pki, add_client, generate_pki
-from tests.support import ALLOW_ALL_ACL, THING, Consumer, mqtt_settings
+from simulators.iot_core import MosquittoBroker, Pki, add_client, free_port, generate_pki
+from tests.support import (
+    ALLOW_ALL_ACL,
+    MODBUS_TICK_MS,
+    THING,
+    Consumer,
+    GatewayProcess,
+    gateway_config,
+    mqtt_settings,
+    start_sim,
+    stop_process,
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +46,23 @@ async def consumer(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[Consumer]
     await transport.wait_connected(10)
     yield Consumer(transport)
     await transport.stop()
+
+
+@pytest.fixture
+def plcs() -> Iterator[tuple[int, int]]:
+    """Both PLC simulators as subprocesses: (OPC UA port, Modbus port)."""
+    opcua_port, modbus_port = free_port(), free_port()
+    opcua = start_sim("simulators.opcua_plc", opcua_port)
+    modbus = start_sim("simulators.modbus_plc", modbus_port, tick_ms=MODBUS_TICK_MS)
+    yield opcua_port, modbus_port
+    stop_process(opcua)
+    stop_process(modbus)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int]) -> Iterator[GatewayProcess]:
+    """The gateway, configured for both simulators and the broker; the test starts it."""
+    config = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
+    gw = GatewayProcess(config, tmp_path)
+    yield gw
+    gw.stop()

@@ -20,6 +20,10 @@ from edge_gateway.publish.mqtt import MqttTransport
 from simulators.iot_core import MosquittoBroker, Pki
 
 THING = "test-gateway"
+COUNTERS = ("press.counter", "boiler.counter")
+# The Modbus counter is sampled by polling (every 50 ms): ticking 5x slower than that keeps every value
+# observable even when a busy 2-core CI machine delays a poll.
+MODBUS_TICK_MS = 250
 ALLOW_ALL_ACL = "user test-consumer\ntopic readwrite #\n\nuser test-gateway\ntopic readwrite #\n"
 DENY_GATEWAY_ACL = "user test-consumer\ntopic readwrite #\n"
 

@@ -5,49 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_gateway.buffer.disk import DiskBuffer
-from simulators.iot_core import MosquittoBroker, Pki, free_port
+from simulators.iot_core import MosquittoBroker
 from tests.support import (
     ALLOW_ALL_ACL,
+    COUNTERS,
     DENY_GATEWAY_ACL,
     Consumer,
     GatewayProcess,
-    gateway_config,
-    start_sim,
-    stop_process,
 )
 
-COUNTERS = ("press.counter", "boiler.counter")
-# The Modbus counter is sampled by polling (every 50 ms): ticking 5x slower than that keeps every value
-# observable even when a busy 2-core CI machine delays a poll.
-MODBUS_TICK_MS = 250
 OUTAGE_S = 12
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def plcs() -> Iterator[tuple[int, int]]:
-    opcua_port, modbus_port = free_port(), free_port()
-    opcua = start_sim("simulators.opcua_plc", opcua_port)
-    modbus = start_sim("simulators.modbus_plc", modbus_port, tick_ms=MODBUS_TICK_MS)
-    yield opcua_port, modbus_port
-    stop_process(opcua)
-    stop_process(modbus)
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int]) -> Iterator[GatewayProcess]:
-    config = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
-    gw = GatewayProcess(config, tmp_path)
-    yield gw
-    gw.stop()
 
 
 def distinct_sorted(values: list[Any]) -> list[int]:

@@ -5,38 +5,13 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from simulators.iot_core import MosquittoBroker, Pki, free_port
-from tests.support import Consumer, GatewayProcess, gateway_config, start_sim, stop_process
-
-COUNTERS = ("press.counter", "boiler.counter")
-# The Modbus counter is sampled by polling (every 50 ms): ticking 5x slower than that keeps every value
-# observable even when a busy 2-core CI machine delays a poll.
-MODBUS_TICK_MS = 250
-
-
-@pytest.fixture
-def plcs() -> Iterator[tuple[int, int]]:
-    opcua_port, modbus_port = free_port(), free_port()
-    opcua = start_sim("simulators.opcua_plc", opcua_port)
-    modbus = start_sim("simulators.modbus_plc", modbus_port, tick_ms=MODBUS_TICK_MS)
-    yield opcua_port, modbus_port
-    stop_process(opcua)
-    stop_process(modbus)
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int]) -> Iterator[GatewayProcess]:
-    config = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
-    gw = GatewayProcess(config, tmp_path)
-    yield gw
-    gw.stop()
+from simulators.iot_core import MosquittoBroker, Pki
+from tests.support import COUNTERS, Consumer, GatewayProcess, gateway_config
 
 
 def assert_complete(values: list[Any], alias: str) -> list[int]:

@@ -99,3 +99,14 @@ def test_unparseable_and_missing_files_are_config_errors(tmp_path: Path) -> None
         load_config(tmp_path / "x.yaml")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_reconnect_bounds_must_be_ordered() -> None:
+    doc = valid_doc()
+    doc["sources"][0]["reconnect_min_s"] = 90  # type: ignore[index]
+    doc["publisher"]["mqtt"]["reconnect_min_s"] = 500  # type: ignore[index]
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    text = str(info.value)
+    assert "sources.0.opcua: Value error, reconnect_min_s (90.0) must not exceed reconnect_max_s (60.0)" in text
+    assert "publisher.mqtt: Value error, reconnect_min_s (500.0) must not exceed reconnect_max_s (120.0)" in text
