@@ -126,6 +126,7 @@ class DiskBuffer:
         self._next_seq = 1
         self._fd: int | None = None
         self._ledger_dirty = False
+        self._roll = False
         self._stats = BufferStats()
         self._pending: list[tuple[Sequence[Reading], asyncio.Future[None]]] = []
         self._commit_task: asyncio.Task[None] | None = None
@@ -242,7 +243,7 @@ class DiskBuffer:
             readings = [r for rs, _ in batch for r in rs]
             try:
                 await asyncio.to_thread(self._write, readings)
-            except (BufferFullError, BufferIOError) as exc:
+            except Exception as exc:  # noqa: BLE001 - every waiting appender must hear of it, never hang
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
@@ -263,7 +264,15 @@ class DiskBuffer:
                 data += payload
                 seq += 1
             self._make_room(len(data), len(readings))
-            seg = self._active_segment(len(data))
+            try:
+                seg = self._active_segment(len(data))
+            except OSError as exc:
+                self._stats.dropped["io_error"] += len(readings)
+                raise BufferIOError(
+                    f"buffer cannot open a segment in {self.path}: {errno.errorcode.get(exc.errno or 0, '?')} "
+                    f"{exc.strerror}; {len(readings)} reading(s) counted as dropped; fix the volume - the gateway "
+                    "retries with the next readings"
+                ) from exc
             assert self._fd is not None
             try:
                 written = 0
@@ -274,6 +283,8 @@ class DiskBuffer:
             except OSError as exc:
                 self._stats.dropped["io_error"] += len(readings)
                 self._undo_partial_write(seg)
+                if exc.errno == errno.EFBIG and seg.size:
+                    self._roll = True  # this file can grow no more: the next append starts a new segment
                 raise BufferIOError(
                     f"buffer write of {len(readings)} reading(s) to {seg.path} failed: "
                     f"{errno.errorcode.get(exc.errno or 0, '?')} {exc.strerror}; they are counted as dropped; "
@@ -314,13 +325,15 @@ class DiskBuffer:
 
     def _active_segment(self, needed: int) -> _Segment:
         seg = self._segments[-1] if self._segments else None
-        if seg is not None and self._fd is not None and (seg.size == 0 or seg.size + needed <= self.segment_bytes):
+        fits = seg is not None and not (self._roll and seg.size) and seg.size + needed <= self.segment_bytes
+        if seg is not None and self._fd is not None and (seg.size == 0 or fits):
             return seg
-        if seg is not None and self._fd is None and seg.size + needed <= self.segment_bytes:
+        if seg is not None and self._fd is None and fits:
             self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
             os.lseek(self._fd, seg.size, os.SEEK_SET)
             return seg
         self._close_fd()
+        self._roll = False
         new = _Segment(self._next_seq, self.path / f"{self._next_seq:020d}{SUFFIX}", 0, self._next_seq - 1, time.time())
         self._fd = os.open(new.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         _fsync_dir(self.path)
@@ -448,8 +461,7 @@ class DiskBuffer:
         with self._meta:
             if seg not in self._segments:
                 return
-            settled = min((a.acked_count_between(seg.first_seq, seg.last_seq) for a in self._acks.values()), default=0)
-            lost = max(0, seg.count - settled)
+            lost = self._unsettled(seg)
             self._segments.remove(seg)
             self._firsts = [s.first_seq for s in self._segments]
             for acks in self._acks.values():
@@ -466,6 +478,11 @@ class DiskBuffer:
                 seg.last_seq,
                 reason,
             )
+
+    def _unsettled(self, seg: _Segment) -> int:
+        """Records of ``seg`` some destination has not acked (counted once, not per destination)."""
+        settled = min((a.acked_count_between(seg.first_seq, seg.last_seq) for a in self._acks.values()), default=0)
+        return max(0, seg.count - settled)
 
     def _quarantine(self, seg: _Segment, why: str) -> None:
         with self._write_lock:
@@ -492,8 +509,10 @@ class DiskBuffer:
         await asyncio.to_thread(self._maintain)
 
     def _maintain(self) -> None:
-        self._write_ledger()
+        # Deleting settled segments first frees space even when the disk is too full for a ledger write;
+        # it is safe before the acks are persisted (a reopened cursor skips to the oldest segment left).
         self._delete_settled()
+        self._write_ledger()
         horizon = time.time() - self.max_age_s
         with self._write_lock:
             for seg in list(self._segments):
@@ -504,10 +523,10 @@ class DiskBuffer:
                     if len(self._segments) == 1:
                         # Keep the file so next_seq survives; everything in it is expired.
                         with self._meta:
+                            self._stats.dropped["expired"] += self._unsettled(seg)
                             for acks in self._acks.values():
-                                lost = seg.count - acks.acked_count_between(seg.first_seq, seg.last_seq)
-                                self._stats.dropped["expired"] += lost
                                 acks.advance_to(seg.last_seq)
+                            self._ledger_dirty = True
                         continue
                 self._drop_segment(seg, "expired")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -196,3 +197,42 @@ async def test_unreadable_ledger_is_set_aside_and_everything_redelivered(tmp_pat
     assert [r.seq for r in await b2.read("cloud", 100, 0.1)] == list(range(1, 51))
     assert len(list((tmp_path / "quarantine").iterdir())) == 1
     await b2.close()
+
+
+async def test_max_age_expires_old_segments_and_counts_them(tmp_path: Path) -> None:
+    b = disk(tmp_path, max_age_s=0.3)
+    for i in range(1, 201, 20):
+        await b.append([reading(j) for j in range(i, i + 20)])
+    await asyncio.sleep(0.4)
+    await b.maintain()  # age is judged per segment, by its newest record
+    assert b.stats().dropped["expired"] == 200
+    await b.append([reading(201)])  # fresh: survives
+    await b.maintain()
+    assert [r.seq for r in await b.read("cloud", 1000, 0.1)] == [201]
+    assert b.stats().dropped["expired"] == 200
+    await b.close()
+
+
+async def test_a_destination_added_later_starts_at_the_head(tmp_path: Path) -> None:
+    b = DiskBuffer(tmp_path, ["cloud"], segment_bytes=4096)
+    await b.append([reading(i) for i in range(1, 51)])
+    await b.close()
+    b2 = DiskBuffer(tmp_path, ["cloud", "archive"], segment_bytes=4096)
+    assert await b2.read("archive", 100, 0.05) == []  # not last year's backlog
+    assert len(await b2.read("cloud", 100, 0.05)) == 50
+    await b2.append([reading(51)])
+    assert [r.seq for r in await b2.read("archive", 100, 0.1)] == [51]
+    await b2.close()
+
+
+async def test_group_commit_many_concurrent_appends_get_distinct_ordered_sequence_numbers(tmp_path: Path) -> None:
+    b = disk(tmp_path, segment_bytes=1 << 20)
+    await asyncio.gather(*(b.append([reading(i * 10 + k) for k in range(10)]) for i in range(50)))
+    got = await b.read("cloud", 1000, 0.1)
+    assert [r.seq for r in got] == list(range(1, 501))
+    # Each append's readings stay together and in order.
+    values = [r.reading.value for r in got]
+    for start in range(0, 500, 10):
+        chunk = values[start : start + 10]
+        assert chunk == list(range(chunk[0], chunk[0] + 10))
+    await b.close()
