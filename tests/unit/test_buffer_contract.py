@@ -231,7 +231,7 @@ async def test_group_commit_many_concurrent_appends_get_distinct_ordered_sequenc
     got = await b.read("cloud", 1000, 0.1)
     assert [r.seq for r in got] == list(range(1, 501))
     # Each append's readings stay together and in order.
-    values = [r.reading.value for r in got]
+    values = [int(r.reading.value or 0) for r in got]
     for start in range(0, 500, 10):
         chunk = values[start : start + 10]
         assert chunk == list(range(chunk[0], chunk[0] + 10))
