@@ -56,6 +56,7 @@ _log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<IIQ")
 _SEQ = struct.Struct("<Q")
+_SEQ_AT = 8  # offset of the seq field in the header; the payload follows it directly
 SUFFIX = ".seg"
 LEDGER = "ledger.json"
 QUARANTINE = "quarantine"
@@ -420,6 +421,7 @@ class DiskBuffer:
                 while offset + HEADER.size <= size and len(want.found) < want.limit:
                     f.seek(offset)
                     chunk = f.read(min(_READ_CHUNK, size - offset))
+                    view = memoryview(chunk)
                     pos = 0
                     while pos + HEADER.size <= len(chunk) and len(want.found) < want.limit:
                         length, crc, rec_seq = HEADER.unpack_from(chunk, pos)
@@ -429,16 +431,18 @@ class DiskBuffer:
                             return seg.last_seq + 1, 0
                         if end > len(chunk):
                             if pos == 0:  # a single record larger than the chunk
+                                view.release()
                                 chunk += f.read(end - len(chunk))
+                                view = memoryview(chunk)
                             else:
                                 break
                         # seq is never inside the acked prefix; only acked ranges beyond it need a look-up.
                         if rec_seq >= seq and (not sparse or want.acks.next_unacked(rec_seq) == rec_seq):
-                            payload = chunk[pos + HEADER.size : end]
-                            if record_crc(rec_seq, payload) != crc:
+                            # The header ends with the seq, so seq + payload are contiguous: one CRC call.
+                            if zlib.crc32(view[pos + _SEQ_AT : end]) != crc:
                                 self._quarantine(seg, f"record {rec_seq} fails its CRC at byte {offset + pos}")
                                 return seg.last_seq + 1, 0
-                            want.found.append((rec_seq, payload))
+                            want.found.append((rec_seq, chunk[pos + HEADER.size : end]))
                         pos = end
                         scan_seq += 1
                     offset += pos
