@@ -200,28 +200,49 @@ class DiskBuffer:
         return next_seq, acks
 
     def _recover_tail(self, seg: _Segment) -> None:
-        """Find the last whole record of the active segment; cut off a torn or corrupt tail."""
+        """Find the last whole record of the active segment; cut off what follows it.
+
+        An incomplete last record is the normal trace of a crash during a write (that append never
+        returned) and is simply cut. Anything else (a record that is complete but fails its CRC or breaks
+        the sequence) is damage: the cut bytes are kept in ``quarantine/`` for analysis.
+        """
         good, last_seq = 0, seg.first_seq - 1
         with seg.path.open("rb") as f:
             data = f.read()
+        torn = True
         while good + HEADER.size <= len(data):
             length, crc, seq = HEADER.unpack_from(data, good)
             end = good + HEADER.size + length
-            if seq != last_seq + 1 or length > _MAX_RECORD or end > len(data):
-                break
-            if record_crc(seq, data[good + HEADER.size : end]) != crc:
+            if end > len(data) and seq == last_seq + 1 and length <= _MAX_RECORD:
+                break  # incomplete last record: an interrupted write
+            if seq != last_seq + 1 or length > _MAX_RECORD or record_crc(seq, data[good + HEADER.size : end]) != crc:
+                torn = end >= len(data)  # a bad last record may be a half-persisted write too
                 break
             good, last_seq = end, seq
-        if good < len(data):
+        if good == len(data):
+            seg.size, seg.last_seq = good, last_seq
+            return
+        if torn:
             _log.warning(
-                "buffer: cut %d byte(s) of torn or corrupt tail from %s after seq %d (an interrupted write)",
+                "buffer: cut %d byte(s) of an interrupted write from %s after seq %d",
                 len(data) - good,
                 seg.path.name,
                 last_seq,
             )
-            with seg.path.open("r+b") as f:
-                f.truncate(good)
-                os.fsync(f.fileno())
+        else:
+            aside = self._quarantine_path(seg.path.with_name(seg.path.name + ".tail"))
+            aside.write_bytes(data[good:])
+            _log.error(
+                "buffer: %s is damaged after seq %d; cut %d byte(s) and kept them in %s for analysis. Readings "
+                "in them are lost; the gateway continues",
+                seg.path.name,
+                last_seq,
+                len(data) - good,
+                aside,
+            )
+        with seg.path.open("r+b") as f:
+            f.truncate(good)
+            os.fsync(f.fileno())
         seg.size, seg.last_seq = good, last_seq
 
     # ---- append (group commit) ----------------------------------------------------------------

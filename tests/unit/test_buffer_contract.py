@@ -236,3 +236,24 @@ async def test_group_commit_many_concurrent_appends_get_distinct_ordered_sequenc
         chunk = values[start : start + 10]
         assert chunk == list(range(chunk[0], chunk[0] + 10))
     await b.close()
+
+
+async def test_damage_inside_the_active_segment_is_cut_and_kept_in_quarantine(tmp_path: Path) -> None:
+    b = disk(tmp_path, segment_bytes=1 << 20)
+    await b.append([reading(i) for i in range(1, 21)])
+    await b.close()
+    seg = max(tmp_path.glob("*.seg"))
+    data = bytearray(seg.read_bytes())
+    at = 0
+    for _ in range(10):  # walk to record 11 of 20
+        at += HEADER.size + HEADER.unpack_from(data, at)[0]
+    data[at + HEADER.size + 2] ^= 0xFF  # damage record 11; the records after it are intact
+    seg.write_bytes(bytes(data))
+    b2 = disk(tmp_path, segment_bytes=1 << 20)
+    assert [r.seq for r in await b2.read("cloud", 100, 0.1)] == list(range(1, 11))
+    kept = list((tmp_path / "quarantine").iterdir())
+    assert len(kept) == 1
+    assert kept[0].read_bytes() == bytes(data[at:])
+    await b2.append([reading(21)])
+    assert [r.seq for r in await b2.read("cloud", 100, 0.1)] == [11]  # numbering resumes after the cut
+    await b2.close()
