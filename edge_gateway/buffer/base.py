@@ -19,7 +19,7 @@ A buffer MUST:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -119,5 +119,33 @@ class AckLedger:
                 count += hi - lo + 1
         return count
 
+    def acked_spans(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The acked seqs within ``first..last`` as sorted, disjoint, inclusive spans."""
+        spans = [(first, min(last, self.acked_through))] if self.acked_through >= first else []
+        spans += [(max(a, first), min(b, last)) for a, b in self.ranges if a <= last and b >= first]
+        return [(a, b) for a, b in spans if a <= b]
+
     def to_json(self) -> dict[str, object]:
         return {"acked_through": self.acked_through, "acked_ranges": self.ranges}
+
+
+def acked_by_all(ledgers: Iterable[AckLedger], first: int, last: int) -> int:
+    """How many seqs within ``first..last`` every ledger has acked (the intersection, not the minimum)."""
+    common: list[tuple[int, int]] | None = None
+    for ledger in ledgers:
+        spans = ledger.acked_spans(first, last)
+        if common is None:
+            common = spans
+            continue
+        both: list[tuple[int, int]] = []
+        i = j = 0
+        while i < len(common) and j < len(spans):
+            lo, hi = max(common[i][0], spans[j][0]), min(common[i][1], spans[j][1])
+            if lo <= hi:
+                both.append((lo, hi))
+            if common[i][1] < spans[j][1]:
+                i += 1
+            else:
+                j += 1
+        common = both
+    return sum(b - a + 1 for a, b in common or [])

@@ -19,7 +19,11 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 def encode_reading(r: Reading) -> bytes:
     return _encoder.encode(
         [r.source, r.point, r.value, _QUALITY_CODES[r.quality], r.gateway_ts_ns, r.source_ts_ns, r.status]
-    ).encode()
+    ).encode("utf-8", "surrogatepass")
+
+
+# Strings from a PLC may hold lone surrogates (asyncua decodes with surrogateescape); "surrogatepass" keeps
+# them exactly, and json.loads() decodes bytes with "surrogatepass" too.
 
 
 def decode_reading(data: bytes) -> Reading:

@@ -12,11 +12,14 @@ On-disk format (directory ``path``):
     payload = codec.encode_reading() bytes
 
 Invariants:
-- Sequence numbers are assigned 1, 2, 3, … without gaps and never reused, even after every segment is
-  deleted (``next_seq`` is kept in the ledger and the active segment is never deleted).
+- Sequence numbers are assigned 1, 2, 3, … and never reused, even after every segment is deleted or
+  quarantined (``next_seq`` is kept in the ledger, written before any cut and after any quarantine, and the
+  active segment is never deleted for being settled). The only gaps are numbers lost to damage: they count
+  as dropped (``corrupt``) and as settled for every destination, so acked prefixes move past them.
 - A segment holds a contiguous run of sequence numbers starting at the number in its name; the last
-  segment is the only one ever appended to (the *active* one). Only a segment's committed prefix (bytes
-  fsync'd before ``append`` returned) is read.
+  segment is the only one ever appended to (the *active* one), and only while the next number continues
+  its run (otherwise a new segment starts). Only a segment's committed prefix (bytes fsync'd before
+  ``append`` returned) is read.
 - ``append`` returns after write + fdatasync (group commit: appends that arrive while a commit is in
   progress share the next one; ``fsync_interval_ms`` > 0 lingers that long to gather more).
 - The ledger is written with write-temp, fsync, rename, fsync-dir, from ``maintain()`` and ``close()``;
@@ -24,9 +27,13 @@ Invariants:
 - A sealed segment is deleted when every destination acked all of it, or when ``max_bytes`` /
   ``max_age_s`` remove it; each removed unacked record is counted by reason.
 - Opening scans only the active segment (torn tail truncated); start-up does not grow with the backlog.
-  Memory holds one small entry per segment, not per record.
+  Memory holds one small entry per segment, not per record. A full volume does not stop the opening: the
+  ledger write is retried at the next maintenance and acks stay pending until it succeeds.
 - A CRC failure inside a committed region moves that segment to ``quarantine/`` with a log line saying
-  what to do; the rest keeps flowing.
+  what to do; the rest keeps flowing. Damage inside the active segment found at open is cut, the cut bytes
+  go to ``quarantine/``, and numbering resumes past every number the cut records could have had.
+- A reading the codec cannot store is stored as BAD with the reason; a batch that cannot fit even in an
+  empty buffer is rejected without dropping anything stored.
 """
 
 from __future__ import annotations
@@ -43,14 +50,14 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from edge_gateway.buffer.base import AckLedger, BufferStats, Record
+from edge_gateway.buffer.base import AckLedger, BufferStats, Record, acked_by_all
 from edge_gateway.buffer.codec import decode_readings, encode_reading
 from edge_gateway.errors import BufferFullError, BufferIOError
-from edge_gateway.model import Reading
+from edge_gateway.model import Quality, Reading
 
 _log = logging.getLogger(__name__)
 
@@ -83,6 +90,16 @@ class _Segment:
     @property
     def count(self) -> int:
         return self.last_seq - self.first_seq + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    """What follows the last whole record of the active segment at open."""
+
+    at: int  # byte offset of the cut
+    cut: bytes
+    next_seq: int  # the lowest sequence number the cut records cannot have had
+    damaged: bool  # damage (kept in quarantine/), not just an interrupted write
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,17 +166,33 @@ class DiskBuffer:
             self._segments.append(_Segment(first, seg_path, st.st_size, first - 1, st.st_mtime))
         for prev, nxt in zip(self._segments, self._segments[1:], strict=False):
             prev.last_seq = nxt.first_seq - 1
-        if self._segments:
-            self._recover_tail(self._segments[-1])
+        tail = self._scan_tail(self._segments[-1]) if self._segments else None
         self._firsts = [s.first_seq for s in self._segments]
         last_seq = self._segments[-1].last_seq if self._segments else 0
         ledger_next, known = ledger or (1, {})
-        self._next_seq = max(ledger_next, last_seq + 1)
+        # Numbers that damaged (cut) records may have had are never handed out again.
+        self._next_seq = max(ledger_next, last_seq + 1, tail.next_seq if tail else 0)
+        self._init_cursors(destinations, known, had_ledger=ledger is not None)
+        if tail is not None and tail.damaged and last_seq + 1 < self._next_seq:
+            # The gap the cut leaves counts as dropped and settles for everyone, so acked prefixes pass it.
+            gap = (last_seq + 1, self._next_seq - 1)
+            self._stats.dropped["corrupt"] += gap[1] - gap[0] + 1 - acked_by_all(self._acks.values(), *gap)
+            for acks in self._acks.values():
+                acks.add(*gap)
+        self._stats.last_seq = self._next_seq - 1
+        self._ledger_dirty = True
+        # next_seq is on disk before the cut, so a crash right after it cannot bring old numbers back.
+        self._try_write_ledger("opening")
+        if tail is not None:
+            self._cut_tail(self._segments[-1], tail)
+        self._delete_settled()
+
+    def _init_cursors(self, destinations: list[str], known: dict[str, AckLedger], *, had_ledger: bool) -> None:
         oldest = self._segments[0].first_seq - 1 if self._segments else self._next_seq - 1
         for dest in destinations:
             if dest in known:
                 acks = known[dest]
-            elif ledger is not None or not self._segments:
+            elif had_ledger or not self._segments:
                 # A destination added to a buffer that already serves others starts at the head.
                 acks = AckLedger(self._next_seq - 1)
             else:
@@ -170,10 +203,6 @@ class DiskBuffer:
             self._cursors[dest] = _Cursor(acks.acked_through + 1)
         for gone in sorted(set(known) - set(destinations)):
             _log.info("buffer: destination %r is no longer configured; its cursor is dropped", gone)
-        self._stats.last_seq = self._next_seq - 1
-        self._ledger_dirty = True
-        self._write_ledger()
-        self._delete_settled()
 
     def _load_ledger(self) -> tuple[int, dict[str, AckLedger]] | None:
         """(next_seq, acks per destination) from ledger.json; None when there is none."""
@@ -199,12 +228,14 @@ class DiskBuffer:
             return None
         return next_seq, acks
 
-    def _recover_tail(self, seg: _Segment) -> None:
-        """Find the last whole record of the active segment; cut off what follows it.
+    def _scan_tail(self, seg: _Segment) -> _Tail | None:
+        """Find the last whole record of the active segment; None when the file ends there.
 
         An incomplete last record is the normal trace of a crash during a write (that append never
-        returned) and is simply cut. Anything else (a record that is complete but fails its CRC or breaks
-        the sequence) is damage: the cut bytes are kept in ``quarantine/`` for analysis.
+        returned): it is cut. Anything else (a complete record that fails its CRC or breaks the sequence)
+        is damage: the records behind it may have been handed out already, so the numbering resumes past
+        the highest sequence number they could have had (their headers when readable, else one per
+        header-sized chunk of the cut bytes).
         """
         good, last_seq = 0, seg.first_seq - 1
         with seg.path.open("rb") as f:
@@ -219,31 +250,43 @@ class DiskBuffer:
                 torn = end >= len(data)  # a bad last record may be a half-persisted write too
                 break
             good, last_seq = end, seq
+        seg.size, seg.last_seq = good, last_seq
         if good == len(data):
-            seg.size, seg.last_seq = good, last_seq
-            return
+            return None
         if torn:
-            _log.warning(
-                "buffer: cut %d byte(s) of an interrupted write from %s after seq %d",
-                len(data) - good,
-                seg.path.name,
-                last_seq,
-            )
-        else:
+            return _Tail(good, data[good:], last_seq + 1, damaged=False)
+        pos, seen = good, last_seq
+        while pos + HEADER.size <= len(data):
+            length, _, seq = HEADER.unpack_from(data, pos)
+            if seq != seen + 1 or length > _MAX_RECORD:
+                break
+            pos, seen = pos + HEADER.size + length, seq
+        return _Tail(good, data[good:], seen + 1 + max(0, len(data) - pos) // HEADER.size, damaged=True)
+
+    def _cut_tail(self, seg: _Segment, tail: _Tail) -> None:
+        if tail.damaged:
             aside = self._quarantine_path(seg.path.with_name(seg.path.name + ".tail"))
-            aside.write_bytes(data[good:])
+            aside.write_bytes(tail.cut)
             _log.error(
                 "buffer: %s is damaged after seq %d; cut %d byte(s) and kept them in %s for analysis. Readings "
-                "in them are lost; the gateway continues",
+                "in them (up to seq %d) are lost and counted; numbering resumes at %d; the gateway continues",
                 seg.path.name,
-                last_seq,
-                len(data) - good,
+                seg.last_seq,
+                len(tail.cut),
                 aside,
+                tail.next_seq - 1,
+                self._next_seq,
+            )
+        else:
+            _log.warning(
+                "buffer: cut %d byte(s) of an interrupted write from %s after seq %d",
+                len(tail.cut),
+                seg.path.name,
+                seg.last_seq,
             )
         with seg.path.open("r+b") as f:
-            f.truncate(good)
+            f.truncate(tail.at)
             os.fsync(f.fileno())
-        seg.size, seg.last_seq = good, last_seq
 
     # ---- append (group commit) ----------------------------------------------------------------
 
@@ -281,7 +324,7 @@ class DiskBuffer:
             data = bytearray()
             seq = self._next_seq
             for r in readings:
-                payload = encode_reading(r)
+                payload = _encode(r)
                 data += HEADER.pack(len(payload), record_crc(seq, payload), seq)
                 data += payload
                 seq += 1
@@ -334,27 +377,43 @@ class DiskBuffer:
         """Enforce ``max_bytes`` before a write (called with the write lock held)."""
         if self._total_bytes() + needed > self.max_bytes:
             self._delete_settled()
+        if self._total_bytes() + needed <= self.max_bytes:
+            return
+        if self.when_full == "reject_new" or needed > self.max_bytes:
+            # Rejected before anything stored is dropped: a batch that cannot fit costs nothing else.
+            self._stats.dropped["full"] += count
+            raise BufferFullError(
+                f"buffer at {self.path} is full ({self._total_bytes()} of {self.max_bytes} bytes) with policy "
+                f"{self.when_full}: {count} new reading(s) ({needed} bytes) rejected; restore the cloud "
+                "connection or raise max_bytes"
+            )
         while self._total_bytes() + needed > self.max_bytes:
-            sealed = self._segments[:-1] if self._fd is not None else self._segments
-            if self.when_full == "reject_new" or not sealed:
-                self._stats.dropped["full"] += count
-                raise BufferFullError(
-                    f"buffer at {self.path} is full ({self._total_bytes()} of {self.max_bytes} bytes) with policy "
-                    f"{self.when_full}: {count} new reading(s) rejected; restore the cloud connection "
-                    "or raise max_bytes"
-                )
-            self._drop_segment(sealed[0], "full")
+            if len(self._segments) == 1:
+                self._close_fd()  # the newest data wins: even the active segment goes, a new one starts
+            self._drop_segment(self._segments[0], "full")
+        if not self._segments:  # only the ledger knows the next sequence number until the write below
+            self._try_write_ledger("dropping the last segment")
 
     def _active_segment(self, needed: int) -> _Segment:
+        """The segment the next record goes to: the last one while it continues the numbering and has room."""
         seg = self._segments[-1] if self._segments else None
-        fits = seg is not None and not (self._roll and seg.size) and seg.size + needed <= self.segment_bytes
-        if seg is not None and self._fd is not None and (seg.size == 0 or fits):
-            return seg
-        if seg is not None and self._fd is None and fits:
-            self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
-            os.lseek(self._fd, seg.size, os.SEEK_SET)
+        continues = seg is not None and seg.last_seq + 1 == self._next_seq
+        if (
+            seg is not None
+            and continues
+            and (seg.size == 0 or (not self._roll and seg.size + needed <= self.segment_bytes))
+        ):
+            if self._fd is None:
+                self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+                os.lseek(self._fd, seg.size, os.SEEK_SET)
             return seg
         self._close_fd()
+        if seg is not None and seg.size == 0:  # empty, and the numbering has moved past its name
+            with self._meta:
+                self._segments.pop()
+                self._firsts.pop()
+            with contextlib.suppress(FileNotFoundError):
+                seg.path.unlink()
         self._roll = False
         new = _Segment(self._next_seq, self.path / f"{self._next_seq:020d}{SUFFIX}", 0, self._next_seq - 1, time.time())
         self._fd = os.open(new.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -487,10 +546,14 @@ class DiskBuffer:
             if seg not in self._segments:
                 return
             lost = self._unsettled(seg)
+            oldest = seg is self._segments[0]
             self._segments.remove(seg)
             self._firsts = [s.first_seq for s in self._segments]
             for acks in self._acks.values():
-                acks.advance_to(seg.last_seq)
+                if oldest:  # nothing older is left either
+                    acks.advance_to(seg.last_seq)
+                elif seg.count:  # a segment in the middle (quarantined): only its own records settle
+                    acks.add(seg.first_seq, seg.last_seq)
             self._stats.dropped[reason] += lost
             self._ledger_dirty = True
         with contextlib.suppress(FileNotFoundError):
@@ -506,8 +569,7 @@ class DiskBuffer:
 
     def _unsettled(self, seg: _Segment) -> int:
         """Records of ``seg`` some destination has not acked (counted once, not per destination)."""
-        settled = min((a.acked_count_between(seg.first_seq, seg.last_seq) for a in self._acks.values()), default=0)
-        return max(0, seg.count - settled)
+        return max(0, seg.count - acked_by_all(self._acks.values(), seg.first_seq, seg.last_seq))
 
     def _quarantine(self, seg: _Segment, why: str) -> None:
         with self._write_lock:
@@ -517,6 +579,8 @@ class DiskBuffer:
             with contextlib.suppress(FileNotFoundError):
                 seg.path.replace(target)
             self._drop_segment(seg, "corrupt")
+        # When it was the newest segment, only the ledger still knows the next sequence number.
+        self._try_write_ledger("quarantining a segment")
         _log.error(
             "buffer: segment %s is corrupt (%s); moved to %s and skipped. Readings after the damage in it are "
             "lost; keep the file for analysis or delete it, the gateway continues with the rest",
@@ -573,12 +637,25 @@ class DiskBuffer:
             }
             self._ledger_dirty = False
         tmp = self.path / (LEDGER + ".tmp")
-        with tmp.open("wb") as f:
-            f.write(json.dumps(doc, separators=(",", ":")).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path / LEDGER)
-        _fsync_dir(self.path)
+        try:
+            with tmp.open("wb") as f:
+                f.write(json.dumps(doc, separators=(",", ":")).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path / LEDGER)
+            _fsync_dir(self.path)
+        except OSError:
+            with self._meta:
+                self._ledger_dirty = True  # written by the next maintain() or close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    def _try_write_ledger(self, when: str) -> None:
+        try:
+            self._write_ledger()
+        except OSError as exc:
+            _log.warning("buffer: could not write %s while %s (%s); retried at the next maintenance", LEDGER, when, exc)
 
     def stats(self) -> BufferStats:
         with self._meta:
@@ -600,6 +677,15 @@ class DiskBuffer:
         with self._write_lock:
             self._close_fd()
         self._write_ledger()
+
+
+def _encode(r: Reading) -> bytes:
+    """A reading the codec cannot store (a value of the wrong type, say) is stored as BAD, never dropped."""
+    try:
+        return encode_reading(r)
+    except (TypeError, ValueError) as exc:
+        _log.warning("buffer: %s/%s value cannot be stored (%s); stored as BAD", r.source, r.point, exc)
+        return encode_reading(replace(r, value=None, quality=Quality.BAD, status=f"unstorable value: {exc}"))
 
 
 def _fsync_dir(path: Path) -> None:

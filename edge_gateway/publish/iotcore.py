@@ -26,7 +26,9 @@ from edge_gateway.model import Quality, Reading, Value
 
 FORMAT_VERSION = 1
 _HEADER_RESERVE = 160  # bytes kept for the envelope around the points (ids and numbers are short)
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# ASCII-only JSON: the length of the text is its size in bytes, and a string that was not UTF-8 at the PLC
+# (lone surrogates) becomes \udcXX escapes instead of failing the batch.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,3 +80,16 @@ def test_fast_number_path_is_exact_json() -> None:
     decoded = [doc["p"][f"s.v{i}"][0][1] for i in range(len(values))]
     assert decoded == values
     assert [type(v) for v in decoded] == [type(v) for v in values]
+
+
+def test_non_ascii_strings_never_push_a_message_over_the_limit() -> None:
+    # "°C" and CJK text are 2-3 bytes per character in UTF-8; a string that was not UTF-8 at the PLC
+    # arrives with lone surrogates (asyncua decodes with surrogateescape) and must not fail the batch.
+    not_utf8 = b"Temp \xb0C".decode("utf-8", errors="surrogateescape")
+    values = ["温度 °C 压力" * 20, not_utf8]
+    records = [rec(i, "s", f"s.t{i % 3}", values[i % 2], dt_ms=i) for i in range(1, 3001)]
+    msgs = encode_batch(records, thing="gw", topic_template="dt/{thing}/{source}", max_bytes=8000)
+    assert all(len(m.payload) <= 8000 for m in msgs)
+    got = [v for m in msgs for entries in json.loads(m.payload)["p"].values() for _, v in entries]
+    assert sorted(got) == sorted(values[i % 2] for i in range(1, 3001))
+    assert all(m.payload.isascii() for m in msgs)
