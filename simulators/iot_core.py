@@ -186,6 +186,23 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def ca_file(self) -> Path:
+        return self.pki.ca_file
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def freeze(self) -> None:
+        """SIGSTOP the broker: connections stay open but nothing answers (a half-open path)."""
+        if self._proc is not None and self.running:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None and self.running:
+            self._proc.send_signal(signal.SIGCONT)
+
     def _write_config(self) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         lines = [
@@ -254,6 +271,7 @@ class MosquittoBroker:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)  # a frozen broker handles SIGTERM only once it runs again
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -291,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     while not stop and broker.running:
         time.sleep(0.2)
+    if not stop:
+        print(f"mosquitto exited: {broker.log_file.read_text()[-2000:]}", file=sys.stderr, flush=True)
+        return 1
     broker.stop()
     return 0
 

@@ -15,10 +15,16 @@ Register map, unit id 1 (PDU addresses, 0-based; 32-bit values span two register
 
 Holding and input registers exist at 0..99 (``--registers N`` for more: registers 16 and up then hold a
 pattern that changes every tick, for load tests); anything beyond answers exception 2 (illegal data
-address). A tick updates every value at once, and reads copy from that state in one step, so a client
-never sees half of a 32-bit value from one tick and half from the next.
+address). A tick updates every value at once, and reads copy from that state in one step (no await in
+between), so a client never sees half of a 32-bit value from one tick and half from the next. Writes are
+accepted and ignored: the next tick's state is what reads return.
 
-Run alone: ``python -m simulators.modbus_plc --port 5020 [--host 127.0.0.1] [--tick-ms 100]``;
+Fault injection for tests (in-process): ``plc.fail_next_reads(n, code)`` makes the next ``n`` register
+reads answer Modbus exception ``code`` (default 6, server device busy), like a PLC that is busy for a
+while; ``plc.counter`` / ``plc.holding`` / ``plc.input`` are the state reads return; ``plc.step()``
+advances one tick by hand (start with a long ``tick_ms`` to drive the process from a test alone).
+
+Run alone: ``python -m simulators.modbus_plc --port 5020 [--host 127.0.0.1] [--tick-ms 100] [--unit 1]``;
 prints ``READY modbus-tcp://HOST:PORT`` once it serves.
 """
 
@@ -75,7 +81,12 @@ class ModbusPlc(TickingSimulator):
         self._tick = 0
         self._rng = random.Random(42)
         self._server: ModbusTcpServer | None = None
+        self._failures: list[ExcCodes] = []
         self.step()
+
+    def fail_next_reads(self, count: int, code: ExcCodes = ExcCodes.DEVICE_BUSY) -> None:
+        """Answer the next ``count`` holding/input register reads with exception ``code``."""
+        self._failures += [code] * count
 
     def step(self) -> None:
         """Advance the process one tick and write every register in one go."""
@@ -110,6 +121,8 @@ class ModbusPlc(TickingSimulator):
         _set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         source = {3: self.holding, 4: self.input}.get(function_code)
+        if source is not None and self._failures:
+            return self._failures.pop(0)
         if source is not None:
             offset = address - start_address
             registers[offset : offset + count] = source[address : address + count]

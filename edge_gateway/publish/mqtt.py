@@ -11,6 +11,8 @@ Contract:
   (a ``$aws/rules/<rule>/`` prefix not counted), payload <= 128 KiB. Breaking one is ``retryable=False``.
 - Callbacks arrive on CRT threads; exactly one bridge (``loop.call_soon_threadsafe``) carries them onto the
   event loop. Nothing runs on a CRT thread but that hand-over.
+- ``subscribe(filter, handler)`` is QoS 1; handlers run on the event loop. After a reconnect into a new
+  session (``rejoined_session`` False, e.g. a broker restart) every filter is subscribed again.
 - ``stop(final)`` publishes ``final`` when connected, then disconnects with NORMAL_DISCONNECTION so the
   broker does not send the Last Will (a plain ``stop()`` would).
 """
@@ -39,8 +41,15 @@ MAX_PAYLOAD_BYTES = 128 * 1024
 MAX_TOPIC_BYTES = 256
 MAX_TOPIC_SLASHES = 7
 _SESSION_EXPIRY_S = 3600
-# awscrt errors that no retry can fix: the packet itself is invalid for this connection.
-_PERMANENT_ERRORS = {"AWS_ERROR_MQTT5_PACKET_VALIDATION", "AWS_ERROR_MQTT5_PUBLISH_OPTIONS_VALIDATION"}
+_FINAL_PUBLISH_TIMEOUT_S = 1.0
+_STOP_TIMEOUT_S = 3.0
+# awscrt errors that no retry can fix: the packet itself is invalid for this connection. The hint tells
+# the operator what to change.
+_PERMANENT_ERRORS = {
+    "AWS_ERROR_MQTT5_PACKET_VALIDATION": "the packet is over the broker's maximum packet size or otherwise"
+    " invalid for this connection; make the message smaller",
+    "AWS_ERROR_MQTT5_PUBLISH_OPTIONS_VALIDATION": "the publish options are invalid; check the topic",
+}
 
 MessageHandler = Callable[[str, bytes], None]
 
@@ -82,6 +91,9 @@ def check_iot_core_limits(topic: str, payload: bytes) -> None:
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching; a leading wildcard does not match ``$`` topics (``$aws/…``), as on a broker."""
+    if topic.startswith("$") and topic_filter[:1] in ("#", "+"):
+        return False
     f_parts, t_parts = topic_filter.split("/"), topic.split("/")
     for i, part in enumerate(f_parts):
         if part == "#":
@@ -108,6 +120,8 @@ class MqttTransport:
         self._connected: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._handlers: dict[str, MessageHandler] = {}
+        # Re-subscriptions after a reconnect run as tasks; the loop keeps only weak references to tasks.
+        self._resubscribing: set[asyncio.Task[None]] = set()
         self._failing = False
 
     @property
@@ -172,7 +186,8 @@ class MqttTransport:
         _log.info("mqtt: connecting to %s:%d as %r", s.endpoint, s.port, self.client_id)
 
     async def wait_connected(self, timeout_s: float) -> None:
-        assert self._connected is not None, "start() first"
+        if self._connected is None:
+            raise PublishError("MQTT transport is not started: call start() first", retryable=False)
         try:
             async with asyncio.timeout(timeout_s):
                 await self._connected.wait()
@@ -186,13 +201,22 @@ class MqttTransport:
         if self._client is None or self._stopped is None:
             return
         if final is not None and self.connected:
-            with contextlib.suppress(PublishError, TimeoutError):
-                async with asyncio.timeout(1.0):
+            try:
+                async with asyncio.timeout(_FINAL_PUBLISH_TIMEOUT_S):
                     await self.publish(*final)
+            except (PublishError, TimeoutError) as exc:
+                _log.warning(
+                    "mqtt: final message to %r not delivered on shutdown: %s", final[0], str(exc) or "timed out"
+                )
+        for task in self._resubscribing:
+            task.cancel()
+        # NORMAL_DISCONNECTION: the broker discards the Last Will (a plain stop() would have it sent).
         self._client.stop(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3.0):
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT_S):
                 await self._stopped.wait()
+        except TimeoutError:
+            _log.warning("mqtt: client did not report stopped within %.0f s", _STOP_TIMEOUT_S)
         self._client = None
 
     # ---- lifecycle events (on the loop) -------------------------------------------------------
@@ -272,9 +296,11 @@ class MqttTransport:
         try:
             result = await _await_crt(crt_future)
         except crt_exceptions.AwsCrtError as exc:
-            raise PublishError(
-                f"publish to {topic!r} failed: {exc.name}", retryable=exc.name not in _PERMANENT_ERRORS
-            ) from exc
+            hint = _PERMANENT_ERRORS.get(exc.name)
+            if hint is not None:
+                msg = f"publish of {len(payload)} bytes to {topic!r} failed: {exc.name}: {hint}"
+                raise PublishError(msg, retryable=False) from exc
+            raise PublishError(f"publish to {topic!r} failed: {exc.name}") from exc
         code = int(result.puback.reason_code) if result.puback is not None else 0
         if code >= 0x80:  # noqa: PLR2004 - MQTT 5: reason codes >= 0x80 are failures
             name = getattr(result.puback.reason_code, "name", str(code))
@@ -289,6 +315,8 @@ class MqttTransport:
     def _send_subscribe(self, topic_filter: str) -> None:
         assert self._loop is not None
         task = self._loop.create_task(self._subscribe(topic_filter), name=f"mqtt:subscribe:{topic_filter}")
+        self._resubscribing.add(task)
+        task.add_done_callback(self._resubscribing.discard)
         task.add_done_callback(_log_task_error)
 
     async def _subscribe(self, topic_filter: str) -> None:

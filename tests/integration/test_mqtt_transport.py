@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,11 @@ import pytest
 from edge_gateway.errors import PublishError
 from edge_gateway.publish.mqtt import MqttTransport, check_iot_core_limits, topic_matches
 from simulators.iot_core import MosquittoBroker, Pki, generate_pki
-from tests.support import THING, Consumer, mqtt_settings
+from tests.support import DENY_GATEWAY_ACL, THING, Consumer, mqtt_settings
 
 
-async def started(settings_pki: Pki, broker: MosquittoBroker, **kw: object) -> MqttTransport:
-    t = MqttTransport(mqtt_settings(settings_pki, broker), f"{THING}-gateway", **kw)  # type: ignore[arg-type]
+async def started(pki: Pki, broker: MosquittoBroker) -> MqttTransport:
+    t = MqttTransport(mqtt_settings(pki, broker), f"{THING}-gateway")
     await t.start()
     await t.wait_connected(10)
     return t
@@ -42,8 +44,26 @@ async def test_oversized_payload_is_refused_and_the_connection_stays_up(pki: Pki
     with pytest.raises(PublishError, match="over IoT Core's 131072") as info:
         await t.publish("dt/x", b"x" * (128 * 1024 + 1))
     assert info.value.retryable is False
+    # Within our limit, but the whole packet is over the broker's max_packet_size (as on IoT Core):
+    # awscrt refuses it (5147) and that is mapped to a permanent error too.
+    with pytest.raises(PublishError, match=r"AWS_ERROR_MQTT5_PACKET_VALIDATION.*make the message smaller") as info:
+        await t.publish("dt/x", b"x" * (128 * 1024))
+    assert info.value.retryable is False
     assert t.connected
     assert await t.publish("dt/x", b"ok") == 16
+    assert t.status.disconnects == 0
+    await t.stop()
+
+
+async def test_a_refusal_in_the_puback_is_a_retryable_error_with_its_reason(pki: Pki, broker: MosquittoBroker) -> None:
+    t = await started(pki, broker)
+    broker.set_acl(DENY_GATEWAY_ACL)  # as IoT Core with a policy that lacks iot:Publish
+    await asyncio.sleep(0.3)  # SIGHUP reload
+    with pytest.raises(PublishError, match=r"NOT_AUTHORIZED \(135\)") as info:
+        await t.publish("dt/x", b"denied")
+    assert info.value.retryable is True
+    assert info.value.reason_code == 135
+    assert t.connected
     await t.stop()
 
 
@@ -75,6 +95,62 @@ async def test_broker_outage_is_noticed_and_the_client_reconnects_by_itself(pki:
     assert await asyncio.wait_for(pending, 10) in (0, 16)
     assert t.status.connects == 2
     await t.stop()
+
+
+async def test_a_frozen_broker_is_noticed_within_keep_alive_plus_ping_timeout(
+    pki: Pki, broker: MosquittoBroker
+) -> None:
+    t = await started(pki, broker)
+    settings = t.settings
+    broker.freeze()  # the TCP connection stays open, nothing answers: a half-open path
+    frozen_at = time.monotonic()
+    async with asyncio.timeout(settings.keep_alive_s + settings.ping_timeout_ms / 1000 + 3):
+        while t.connected:
+            await asyncio.sleep(0.05)
+    assert time.monotonic() - frozen_at <= settings.keep_alive_s + settings.ping_timeout_ms / 1000 + 1
+    assert "PING_RESPONSE_TIMEOUT" in (t.status.last_error or "")
+    broker.thaw()
+    await t.wait_connected(10)
+    assert t.status.rejoined_session  # same broker process: the session (and subscriptions) survived
+    assert await t.publish("dt/after-freeze", b"x") in (0, 16)
+    await t.stop()
+
+
+async def test_subscriptions_come_back_after_a_broker_restart_loses_the_session(
+    pki: Pki, broker: MosquittoBroker
+) -> None:
+    sender = await started(pki, broker)
+    receiver = MqttTransport(mqtt_settings(pki, broker, client="test-consumer"), "test-consumer")
+    await receiver.start()
+    await receiver.wait_connected(10)
+    received: list[tuple[str, bytes, int]] = []
+    arrived = asyncio.Event()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        received.append((topic, payload, threading.get_ident()))
+        arrived.set()
+
+    await receiver.subscribe("cmd/#", on_message)
+    assert await sender.publish("cmd/a", b"before") == 0
+    await asyncio.wait_for(arrived.wait(), 5)
+
+    broker.stop()  # persistence false: the restarted broker knows no session, no subscription
+    broker.start()
+    await sender.wait_connected(10)
+    async with asyncio.timeout(10):
+        while receiver.status.connects < 2:
+            await asyncio.sleep(0.05)
+    assert receiver.status.rejoined_session is False
+    arrived.clear()
+    async with asyncio.timeout(10):
+        while await sender.publish("cmd/b", b"after") != 0:  # 16 until the re-subscription is in place
+            await asyncio.sleep(0.1)
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert [(topic, payload) for topic, payload, _ in received][:1] == [("cmd/a", b"before")]
+    assert ("cmd/b", b"after") in [(topic, payload) for topic, payload, _ in received]
+    assert {ident for _, _, ident in received} == {threading.get_ident()}  # on the event loop thread
+    await receiver.stop()
+    await sender.stop()
 
 
 _WILL_CLIENT = """
