@@ -137,6 +137,7 @@ class DiskBuffer:
         self.fsync_interval_s = fsync_interval_ms / 1000
         self._meta = threading.Lock()  # segment list, ledgers, cursors: held briefly, also on the loop
         self._write_lock = threading.Lock()  # the active segment's file: held during write + fsync
+        self._ledger_lock = threading.Lock()  # ledger.json(.tmp): held during a ledger write
         self._segments: list[_Segment] = []
         self._firsts: list[int] = []
         self._acks: dict[str, AckLedger] = {}
@@ -627,29 +628,32 @@ class DiskBuffer:
             self._drop_segment(seg, "full")  # nothing unacked in it, so nothing is counted
 
     def _write_ledger(self) -> None:
-        with self._meta:
-            if not self._ledger_dirty:
-                return
-            doc = {
-                "format": 1,
-                "next_seq": self._next_seq,
-                "destinations": {d: a.to_json() for d, a in self._acks.items()},
-            }
-            self._ledger_dirty = False
-        tmp = self.path / (LEDGER + ".tmp")
-        try:
-            with tmp.open("wb") as f:
-                f.write(json.dumps(doc, separators=(",", ":")).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path / LEDGER)
-            _fsync_dir(self.path)
-        except OSError:
+        # One writer at a time (maintenance, the commit thread, a reader quarantining): they share the temp file,
+        # and the snapshot taken last is the one written last.
+        with self._ledger_lock:
             with self._meta:
-                self._ledger_dirty = True  # written by the next maintain() or close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+                if not self._ledger_dirty:
+                    return
+                doc = {
+                    "format": 1,
+                    "next_seq": self._next_seq,
+                    "destinations": {d: a.to_json() for d, a in self._acks.items()},
+                }
+                self._ledger_dirty = False
+            tmp = self.path / (LEDGER + ".tmp")
+            try:
+                with tmp.open("wb") as f:
+                    f.write(json.dumps(doc, separators=(",", ":")).encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+                tmp.replace(self.path / LEDGER)
+                _fsync_dir(self.path)
+            except OSError:
+                with self._meta:
+                    self._ledger_dirty = True  # written by the next maintain() or close()
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
 
     def _try_write_ledger(self, when: str) -> None:
         try:
