@@ -146,6 +146,19 @@ class IotCoreDestination(_Model):
     max_message_bytes: int = Field(default=126_000, ge=1024, le=128_000)
     max_latency_ms: int = Field(default=1000, ge=1, le=60_000)
     max_in_flight: int = Field(default=16, ge=1, le=100)
+    # PUBACK reason codes that are refusals for good: the message goes to the dead-letter file instead of
+    # being retried. Default: not authorized (135), topic name invalid (144), packet too large (149),
+    # payload format invalid (153). Remove 135 to hold the backlog and retry while a policy is fixed.
+    dead_letter_codes: tuple[int, ...] = (0x87, 0x90, 0x95, 0x99)
+
+    @field_validator("dead_letter_codes")
+    @classmethod
+    def _failure_codes(cls, codes: tuple[int, ...]) -> tuple[int, ...]:
+        wrong = [c for c in codes if not 0x80 <= c <= 0xFF]  # noqa: PLR2004 - MQTT 5 failure codes
+        if wrong:
+            msg = f"{wrong} are not MQTT 5 failure reason codes (128..255)"
+            raise ValueError(msg)
+        return codes
 
     @field_validator("topic")
     @classmethod
@@ -163,9 +176,18 @@ class IotCoreDestination(_Model):
 DestinationConfig = Annotated[IotCoreDestination, Field(discriminator="type")]
 
 
+class DeadLetterSettings(_Model):
+    # What the cloud can never take (a permanent refusal, a value SiteWise cannot accept): JSON lines.
+    # Default path: <data_dir>/dead-letter.jsonl. Disk use is at most (max_files + 1) * max_file_bytes.
+    path: Path | None = None
+    max_file_bytes: int = Field(default=16 << 20, ge=4096)
+    max_files: int = Field(default=4, ge=0, le=100)
+
+
 class PublisherSettings(_Model):
     mqtt: MqttSettings
     destinations: list[DestinationConfig] = Field(min_length=1)
+    dead_letter: DeadLetterSettings = DeadLetterSettings()
 
     @field_validator("destinations")
     @classmethod
@@ -201,6 +223,10 @@ class GatewayConfig(_Model):
     @property
     def buffer_path(self) -> Path:
         return self.buffer.path or self.gateway.data_dir / "buffer"
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.publisher.dead_letter.path or self.gateway.data_dir / "dead-letter.jsonl"
 
     @property
     def status_path(self) -> Path:
@@ -256,6 +282,7 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
         return p if p.is_absolute() else (base / p)
 
     mqtt = config.publisher.mqtt
+    dead_letter = config.publisher.dead_letter
     return config.model_copy(
         update={
             "gateway": config.gateway.model_copy(update={"data_dir": fix(config.gateway.data_dir)}),
@@ -267,13 +294,16 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
             ),
             "publisher": config.publisher.model_copy(
                 update={
+                    "dead_letter": dead_letter.model_copy(
+                        update={"path": fix(dead_letter.path) if dead_letter.path else None}
+                    ),
                     "mqtt": mqtt.model_copy(
                         update={
                             "ca_file": fix(mqtt.ca_file) if mqtt.ca_file else None,
                             "cert_file": fix(mqtt.cert_file),
                             "key_file": fix(mqtt.key_file),
                         }
-                    )
+                    ),
                 }
             ),
         }

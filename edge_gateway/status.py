@@ -84,6 +84,7 @@ class StatusReporter:
             "sources": sources,
             "buffer": dataclasses.asdict(gw.buffer.stats()),
             "destinations": destinations,
+            "dead_letter": {"path": str(gw.dead_letter.path), **dataclasses.asdict(gw.dead_letter.stats)},
         }
 
     async def write_once(self) -> None:

@@ -25,8 +25,9 @@ from edge_gateway.buffer.memory import MemoryBuffer
 from edge_gateway.config import GatewayConfig, ModbusTcpSource, OpcUaSource, SourceConfig
 from edge_gateway.errors import StorageError
 from edge_gateway.model import Reading
+from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
-from edge_gateway.publish.publisher import Publisher
+from edge_gateway.publish.publisher import Publisher, iotcore_encoder
 from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.opcua import OpcUaReader
@@ -102,8 +103,15 @@ class Gateway:
         self.buffer = make_buffer(config)
         self.transport = MqttTransport(config.publisher.mqtt, config.client_id)
         self.sources = [SOURCE_TYPES[type(s)](s) for s in config.sources]
+        dl = config.publisher.dead_letter
+        self.dead_letter = DeadLetterFile(
+            config.dead_letter_path, max_file_bytes=dl.max_file_bytes, max_files=dl.max_files
+        )
         self.publishers = [
-            Publisher(d, self.buffer, self.transport, thing=self.thing) for d in config.publisher.destinations
+            Publisher(
+                d, self.buffer, self.transport, encoder=iotcore_encoder(d, self.thing), dead_letter=self.dead_letter
+            )
+            for d in config.publisher.destinations
         ]
         self.status = StatusReporter(self, config.status_path, config.status.interval_s)
 

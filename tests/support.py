@@ -159,7 +159,15 @@ def gateway_config(
         "publisher": {
             "mqtt": json.loads(settings.model_dump_json()),
             "destinations": [
-                {"type": "iotcore", "name": "cloud", "topic": "dt/{thing}/{source}", "max_latency_ms": 200}
+                {
+                    "type": "iotcore",
+                    "name": "cloud",
+                    "topic": "dt/{thing}/{source}",
+                    "max_latency_ms": 200,
+                    # The fault tests quiesce the gateway with an ACL refusal (135): here it is retried,
+                    # not dead-lettered (the default), so nothing is set aside while the broker is paused.
+                    "dead_letter_codes": [144, 149, 153],
+                }
             ],
         },
         "status": {"interval_s": 0.5},

@@ -7,9 +7,13 @@ A publisher MUST (DESIGN.md §3):
 - keep at most ``max_in_flight`` messages unacknowledged (the awscrt offline queue is unbounded: the
   durable buffer is the queue, not the client's memory);
 - retry a failed message with exponential backoff and full jitter, never in a hot loop (one schedule shared
-  by all failing messages, so they retry together and delivery order survives most failures); a message the
-  broker can never take (``PublishError.retryable`` false) is counted and logged as rejected and its range
-  acked, so one poison message cannot block the backlog forever.
+  by all failing messages, so they retry together and delivery order survives most failures);
+- never retry what can never succeed: a message the broker refuses for good (``PublishError.retryable``
+  false: not authorized, topic invalid, packet too large, payload format invalid) goes to the dead-letter
+  file with the reason, is counted (``rejected_points``), logged once per kind of refusal, and its range is
+  acked, so one poison message cannot block the backlog; readings the encoder knows the destination would
+  refuse (``Encoded.rejected``, e.g. SiteWise's time window) are never sent: dead-lettered and counted
+  (``unsendable_points``) before their range is acked.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,11 +29,28 @@ from edge_gateway.backoff import Backoff
 from edge_gateway.buffer.base import Buffer, Record
 from edge_gateway.config import IotCoreDestination
 from edge_gateway.errors import PublishError
+from edge_gateway.publish.deadletter import DeadLetterFile, message_entry, reading_entry
 from edge_gateway.publish.iotcore import Message, encode_batch
 
 _log = logging.getLogger(__name__)
 
 _READ_RECORDS = 4000  # records per buffer read; a batch is several reads when points are small
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    messages: list[Message]
+    rejected: list[tuple[Record, str]] = field(default_factory=list)  # never to be sent, with the reason
+
+
+Encoder = Callable[[Sequence[Record]], Encoded]
+
+
+def iotcore_encoder(dest: IotCoreDestination, thing: str) -> Encoder:
+    def encode(records: Sequence[Record]) -> Encoded:
+        return Encoded(encode_batch(records, thing=thing, topic_template=dest.topic, max_bytes=dest.max_message_bytes))
+
+    return encode
 
 
 class Transport(Protocol):
@@ -43,7 +65,8 @@ class PublisherStatus:
     points: int = 0
     payload_bytes: int = 0
     failures: int = 0
-    rejected_points: int = 0
+    rejected_points: int = 0  # refused for good by the broker: dead-lettered
+    unsendable_points: int = 0  # never sent (the destination would refuse them): dead-lettered
     in_flight: int = 0
     last_ack_ns: int | None = None
     last_error: str | None = None
@@ -57,14 +80,17 @@ class Publisher:
         buffer: Buffer,
         transport: Transport,
         *,
-        thing: str,
+        encoder: Encoder,
+        dead_letter: DeadLetterFile,
         backoff: Backoff | None = None,
     ) -> None:
         self.dest = dest
         self.name = dest.name
         self.buffer = buffer
         self.transport = transport
-        self.thing = thing
+        self.encoder = encoder
+        self.dead_letter = dead_letter
+        self._refusals_logged: set[str] = set()
         self.status = PublisherStatus(dest.name)
         self._backoff = backoff or Backoff(1.0, 60.0)
         self._window = asyncio.Semaphore(dest.max_in_flight)
@@ -77,11 +103,13 @@ class Publisher:
         async with asyncio.TaskGroup() as tg:
             while True:
                 records = await self._next_batch()
-                messages = encode_batch(
-                    records, thing=self.thing, topic_template=self.dest.topic, max_bytes=self.dest.max_message_bytes
-                )
-                batch = _Batch(records[0].seq, records[-1].seq, len(messages))
-                for msg in messages:
+                encoded = self.encoder(records)
+                if encoded.rejected:
+                    await self._set_aside(encoded.rejected)
+                batch = _Batch(records[0].seq, records[-1].seq, len(encoded.messages))
+                if not encoded.messages:
+                    self.buffer.ack(self.name, batch.first_seq, batch.last_seq)
+                for msg in encoded.messages:
                     await self._window.acquire()
                     self.status.in_flight += 1
                     tg.create_task(self._deliver(msg, batch), name=f"publish:{self.name}:{msg.first_seq}")
@@ -113,8 +141,8 @@ class Publisher:
                 try:
                     await self.transport.publish(msg.topic, msg.payload)
                 except PublishError as exc:
-                    if not exc.retryable:
-                        self._reject(msg, exc)
+                    if not exc.retryable or exc.reason_code in self.dest.dead_letter_codes:
+                        await self._reject(msg, exc)
                         break
                     self._fail(exc)
                     await self._wait_for_retry()
@@ -157,12 +185,17 @@ class Publisher:
             self._failing = True
             _log.warning("publisher %s: publish failed, retrying with backoff: %s", self.name, exc)
 
-    def _reject(self, msg: Message, exc: PublishError) -> None:
+    async def _reject(self, msg: Message, exc: PublishError) -> None:
         self.status.rejected_points += msg.points
         self.status.last_error = str(exc)
+        await asyncio.to_thread(self.dead_letter.write, [message_entry(self.name, msg, str(exc))])
+        kind = str(exc.reason_code) if exc.reason_code is not None else type(exc.__cause__ or exc).__name__
+        if kind in self._refusals_logged:
+            return
+        self._refusals_logged.add(kind)
         _log.error(
-            "publisher %s: the broker cannot take a message of %d point(s) (seqs %d..%d, %d bytes) on %s: %s; "
-            "those points are counted as rejected",
+            "publisher %s: the broker refuses for good a message of %d point(s) (seqs %d..%d, %d bytes) on %s: "
+            "%s; it is in the dead-letter file %s and counted; later refusals of this kind are only counted",
             self.name,
             msg.points,
             msg.first_seq,
@@ -170,7 +203,25 @@ class Publisher:
             len(msg.payload),
             msg.topic,
             exc,
+            self.dead_letter.path,
         )
+
+    async def _set_aside(self, rejected: list[tuple[Record, str]]) -> None:
+        first = not self.status.unsendable_points
+        self.status.unsendable_points += len(rejected)
+        await asyncio.to_thread(self.dead_letter.write, [reading_entry(self.name, r, why) for r, why in rejected])
+        if first:
+            record, why = rejected[0]
+            _log.warning(
+                "publisher %s: %d reading(s) the destination would refuse (first: seq %d %s: %s) are in the "
+                "dead-letter file %s, not sent; further ones are only counted",
+                self.name,
+                len(rejected),
+                record.seq,
+                record.reading.point,
+                why,
+                self.dead_letter.path,
+            )
 
 
 class _Batch:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_gateway.buffer.disk import DiskBuffer
-from simulators.iot_core import MosquittoBroker
+from simulators.iot_core import MosquittoBroker, Pki
 from tests.support import (
     ALLOW_ALL_ACL,
     COUNTERS,
     DENY_GATEWAY_ACL,
     Consumer,
     GatewayProcess,
+    gateway_config,
 )
 
 OUTAGE_S = 12
@@ -130,6 +133,42 @@ async def test_a_refused_publish_is_not_delivery_it_is_retried_until_allowed(
         assert not gaps(values), f"{alias}: missing {gaps(values)[:10]}"
     # The readings held back while refused were delivered, from the very first sequence number on.
     assert min(d["seq"][0] for d in consumer.docs()) == 1
+
+
+async def test_a_refusal_for_good_is_dead_lettered_once_logged_and_the_rest_flows(
+    tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int], consumer: Consumer
+) -> None:
+    config = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
+    del config["publisher"]["destinations"][0]["dead_letter_codes"]  # the default: 135 is for good
+    gateway = GatewayProcess(config, tmp_path)
+    await consumer.subscribe("dt/#")
+    broker.set_acl(DENY_GATEWAY_ACL)
+    try:
+        gateway.start()
+        refused = gateway.wait_status(lambda s: s["destinations"]["cloud"]["rejected_points"] >= 50, 30)
+        broker.set_acl(ALLOW_ALL_ACL)
+        await consumer.wait_for(lambda: all(len(set(consumer.values(a))) >= 10 for a in COUNTERS), 60)
+        status = gateway.status()
+    finally:
+        gateway.stop()
+    assert refused["destinations"]["cloud"]["failures"] == 0  # never retried: no hot loop
+    assert status["buffer"]["unacked"]["cloud"] < 500  # set aside, not holding the backlog
+    lines = [json.loads(line) for line in (tmp_path / "var" / "dead-letter.jsonl").read_text().splitlines()]
+    assert lines
+    assert all(e["kind"] == "message" and "NOT_AUTHORIZED (135)" in e["reason"] for e in lines)
+    assert sum(int(e["points"]) for e in lines) == status["destinations"]["cloud"]["rejected_points"]
+    assert status["dead_letter"]["entries"] == len(lines)
+    # The refused readings are in the dead-letter file, the later ones reached the cloud: together, no gap.
+    for alias in COUNTERS:
+        kept = [v for e in lines for v in _values(json.loads(e["payload"]), alias)]
+        delivered = distinct_sorted(consumer.values(alias))
+        assert not gaps(sorted(set(kept) | set(delivered))), f"{alias}: lost between dead letters and the cloud"
+        assert max(kept) <= min(delivered)  # set aside first, delivered after: in order
+    assert gateway.log_path.read_text().count("refuses for good") == 1  # logged once, then counted
+
+
+def _values(doc: dict[str, Any], alias: str) -> list[int]:
+    return [int(v[1]) for v in doc["p"].get(alias, [])]
 
 
 async def test_kill_9_while_the_broker_is_down_loses_no_collected_value(
