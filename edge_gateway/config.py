@@ -163,14 +163,7 @@ class IotCoreDestination(_Model):
     @field_validator("topic")
     @classmethod
     def _topic_shape(cls, topic: str) -> str:
-        unknown = set(_placeholders(topic)) - {"thing", "source"}
-        if unknown:
-            msg = f"unknown placeholder(s) {sorted(unknown)}; allowed: {{thing}}, {{source}}"
-            raise ValueError(msg)
-        if "#" in topic or "+" in topic:
-            msg = "a publish topic cannot contain MQTT wildcards '#' or '+'"
-            raise ValueError(msg)
-        return topic
+        return _publish_topic(topic, {"thing", "source"})
 
 
 DestinationConfig = Annotated[IotCoreDestination, Field(discriminator="type")]
@@ -200,6 +193,14 @@ class StatusSettings(_Model):
     # A small JSON file the running gateway rewrites so `edge-gateway status` and the demo can show it.
     file: Path | None = None
     interval_s: float = Field(default=2.0, gt=0, le=3600)
+    # MQTT presence: "online" on every connect, "stopped" on a clean shutdown, and the Last Will
+    # "offline" the broker sends when the connection dies uncleanly. Placeholder: {thing}.
+    topic: str = Field(default="dt/{thing}/status", min_length=1)
+
+    @field_validator("topic")
+    @classmethod
+    def _status_topic(cls, topic: str) -> str:
+        return _publish_topic(topic, {"thing"})
 
 
 class GatewayConfig(_Model):
@@ -229,6 +230,10 @@ class GatewayConfig(_Model):
         return self.publisher.dead_letter.path or self.gateway.data_dir / "dead-letter.jsonl"
 
     @property
+    def status_topic(self) -> str:
+        return self.status.topic.format(thing=self.gateway.thing_name)
+
+    @property
     def status_path(self) -> Path:
         return self.status.file or self.gateway.data_dir / "status.json"
 
@@ -239,6 +244,18 @@ def _check_unique(values: list[str], what: str) -> None:
     if dupes:
         msg = f"duplicate {what}(s): {', '.join(dupes)}"
         raise ValueError(msg)
+
+
+def _publish_topic(topic: str, allowed: set[str]) -> str:
+    unknown = set(_placeholders(topic)) - allowed
+    if unknown:
+        names = ", ".join("{" + a + "}" for a in sorted(allowed))
+        msg = f"unknown placeholder(s) {sorted(unknown)}; allowed: {names}"
+        raise ValueError(msg)
+    if "#" in topic or "+" in topic:
+        msg = "a publish topic cannot contain MQTT wildcards '#' or '+'"
+        raise ValueError(msg)
+    return topic
 
 
 def _placeholders(template: str) -> list[str]:

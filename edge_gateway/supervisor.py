@@ -27,6 +27,7 @@ from edge_gateway.errors import StorageError
 from edge_gateway.model import Reading
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.presence import Presence
 from edge_gateway.publish.publisher import Publisher, iotcore_encoder
 from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
@@ -101,7 +102,9 @@ class Gateway:
         self.config = config
         self.thing = config.gateway.thing_name
         self.buffer = make_buffer(config)
-        self.transport = MqttTransport(config.publisher.mqtt, config.client_id)
+        self.presence = Presence(config.status_topic, self.thing, config.client_id)
+        self.transport = MqttTransport(config.publisher.mqtt, config.client_id, will=self.presence.will)
+        self.presence.attach(self.transport)
         self.sources = [SOURCE_TYPES[type(s)](s) for s in config.sources]
         dl = config.publisher.dead_letter
         self.dead_letter = DeadLetterFile(
@@ -153,7 +156,7 @@ class Gateway:
         finally:
             await self.status.write_once()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.transport.stop(), 2.0)
+                await asyncio.wait_for(self.transport.stop(final=self.presence.stopped), 3.0)
             await self.buffer.close()
             _log.info("gateway %s stopped", self.thing)
 

@@ -25,7 +25,8 @@ COUNTERS = ("press.counter", "boiler.counter")
 # observable even when a busy 2-core CI machine delays a poll.
 MODBUS_TICK_MS = 250
 ALLOW_ALL_ACL = "user test-consumer\ntopic readwrite #\n\nuser test-gateway\ntopic readwrite #\n"
-DENY_GATEWAY_ACL = "user test-consumer\ntopic readwrite #\n"
+# Refuses the gateway's data (PUBACK 135) but still lets its presence through, as the tests watch it.
+DENY_GATEWAY_ACL = f"user test-consumer\ntopic readwrite #\n\nuser test-gateway\ntopic write dt/{THING}/status\n"
 
 
 def mqtt_settings(pki: Pki, broker: MosquittoBroker, *, client: str = THING, **overrides: Any) -> MqttSettings:
@@ -61,7 +62,12 @@ class Consumer:
         await self.transport.subscribe(topic_filter, self._on_message)
 
     def docs(self) -> list[dict[str, Any]]:
-        return [json.loads(p) for _, p in self.messages]
+        """The data messages (not the gateway's presence on its status topic)."""
+        return [json.loads(p) for t, p in self.messages if not t.endswith("/status")]
+
+    def presence(self) -> list[str]:
+        """The gateway's presence states (online, offline, stopped), in arrival order."""
+        return [json.loads(p)["state"] for t, p in self.messages if t.endswith("/status")]
 
     def values(self, alias: str) -> list[Any]:
         """Every value received for one alias, in arrival order (duplicates included)."""

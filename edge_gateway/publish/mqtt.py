@@ -122,6 +122,7 @@ class MqttTransport:
         self._handlers: dict[str, MessageHandler] = {}
         # Re-subscriptions after a reconnect run as tasks; the loop keeps only weak references to tasks.
         self._resubscribing: set[asyncio.Task[None]] = set()
+        self._connect_listeners: list[Callable[[], None]] = []
         self._failing = False
 
     @property
@@ -185,6 +186,10 @@ class MqttTransport:
         self._client.start()
         _log.info("mqtt: connecting to %s:%d as %r", s.endpoint, s.port, self.client_id)
 
+    def on_connect(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on the event loop after every successful connect (after re-subscribing)."""
+        self._connect_listeners.append(listener)
+
     async def wait_connected(self, timeout_s: float) -> None:
         if self._connected is None:
             raise PublishError("MQTT transport is not started: call start() first", retryable=False)
@@ -240,6 +245,11 @@ class MqttTransport:
         if not st.rejoined_session:
             for topic_filter in self._handlers:
                 self._send_subscribe(topic_filter)
+        for listener in self._connect_listeners:
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a bad listener must not break the connection handling
+                _log.exception("mqtt: connect listener failed")
 
     def _on_connection_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
         st = self.status

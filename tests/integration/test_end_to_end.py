@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,9 @@ from typing import Any
 import yaml
 
 from simulators.iot_core import MosquittoBroker, Pki
-from tests.support import COUNTERS, Consumer, GatewayProcess, gateway_config
+from tests.support import COUNTERS, THING, Consumer, GatewayProcess, gateway_config
+
+STATUS = f"dt/{THING}/status"
 
 
 def assert_complete(values: list[Any], alias: str) -> list[int]:
@@ -39,7 +43,7 @@ async def test_counters_of_both_sources_arrive_complete_and_in_order(
         assert_in_order(consumer.values(alias), alias)
     docs = consumer.docs()
     assert {d["src"] for d in docs} == {"press", "boiler"}
-    assert {t for t, _ in consumer.messages} == {"dt/test-gateway/press", "dt/test-gateway/boiler"}
+    assert {t for t, _ in consumer.messages} == {"dt/test-gateway/press", "dt/test-gateway/boiler", STATUS}
     assert all(d["v"] == 1 and d["gw"] == "test-gateway" for d in docs)
     for doc in docs:
         assert doc["n"] == sum(len(entries) for entries in doc["p"].values())
@@ -54,6 +58,26 @@ async def test_counters_of_both_sources_arrive_complete_and_in_order(
     assert status["sources"]["boiler"]["state"] == "connected"
     assert gateway.stop() == 0
     assert "gateway test-gateway stopped" in gateway.log()
+
+
+async def test_presence_online_then_offline_on_kill_then_stopped_on_a_clean_stop(
+    gateway: GatewayProcess, consumer: Consumer
+) -> None:
+    await consumer.subscribe(STATUS)
+    gateway.start()
+    await consumer.wait_for(lambda: consumer.presence() == ["online"], 30)
+    gateway.kill()  # no DISCONNECT: the broker publishes the Last Will
+    await consumer.wait_for(lambda: consumer.presence() == ["online", "offline"], 30)
+    gateway.start()
+    await consumer.wait_for(lambda: consumer.presence() == ["online", "offline", "online"], 30)
+    assert gateway.stop() == 0
+    await consumer.wait_for(lambda: len(consumer.presence()) == 4, 10)
+    await asyncio.sleep(1.0)  # a Last Will would follow the DISCONNECT at once
+    assert consumer.presence() == ["online", "offline", "online", "stopped"]  # and no Last Will after it
+    docs = [json.loads(p) for t, p in consumer.messages if t == STATUS]
+    assert all(d["v"] == 1 and d["gw"] == "test-gateway" and d["client_id"] == "test-gateway-gateway" for d in docs)
+    assert "time" not in docs[1]  # the Last Will was set at connect time
+    assert docs[2]["started"] > docs[0]["started"]  # a new process
 
 
 def test_invalid_config_names_the_field_and_starts_nothing(tmp_path: Path, pki: Pki, broker: MosquittoBroker) -> None:
