@@ -112,7 +112,12 @@ class Gateway:
         )
         self.publishers = [
             Publisher(
-                d, self.buffer, self.transport, encoder=iotcore_encoder(d, self.thing), dead_letter=self.dead_letter
+                d,
+                self.buffer,
+                self.transport,
+                encoder=iotcore_encoder(d, self.thing),
+                dead_letter=self.dead_letter,
+                flow_control=config.publisher.mqtt.iot_core_flow_control,
             )
             for d in config.publisher.destinations
         ]

@@ -14,7 +14,11 @@ A buffer MUST:
 - after a crash, reopening re-delivers every record not acked (at-least-once), nothing that ``append``
   returned for is lost, and a destination resumes after its acked prefix;
 - ``rewind(dest)`` makes every unacked record of ``dest`` deliverable again (after a publish failure the
-  publisher could not retry itself).
+  publisher could not retry itself) and forgets its lanes;
+- lanes: a destination may read with more than one cursor (``lane``, "" is the main one), e.g. a live
+  lane at the head while the main lane drains a backlog. ``seek(dest, seq, lane=)`` sets where a lane's
+  next read starts (never inside the acked prefix); ``read(..., end_seq=N)`` hands out only records
+  below N. Acks are per destination, shared by its lanes; lanes are not persisted.
 """
 
 from __future__ import annotations
@@ -48,11 +52,15 @@ class BufferStats:
 class Buffer(Protocol):
     async def append(self, readings: Sequence[Reading]) -> None: ...
 
-    async def read(self, dest: str, max_records: int, timeout_s: float) -> list[Record]: ...
+    async def read(
+        self, dest: str, max_records: int, timeout_s: float, *, lane: str = "", end_seq: int | None = None
+    ) -> list[Record]: ...
 
     def ack(self, dest: str, first: int, last: int) -> None: ...
 
     def rewind(self, dest: str) -> None: ...
+
+    def seek(self, dest: str, seq: int, *, lane: str = "") -> None: ...
 
     def stats(self) -> BufferStats: ...
 

@@ -69,6 +69,7 @@ LEDGER = "ledger.json"
 QUARANTINE = "quarantine"
 _MAX_RECORD = 16 << 20
 _READ_CHUNK = 4 << 20
+_NO_END = 1 << 63
 
 
 def record_crc(seq: int, payload: bytes) -> int:
@@ -107,6 +108,7 @@ class _Want:
     found: list[tuple[int, bytes]]  # (seq, payload), decoded in one go at the end of a read
     limit: int
     acks: AckLedger
+    end: int  # stop before this seq
 
 
 @dataclass(slots=True)
@@ -141,7 +143,7 @@ class DiskBuffer:
         self._segments: list[_Segment] = []
         self._firsts: list[int] = []
         self._acks: dict[str, AckLedger] = {}
-        self._cursors: dict[str, _Cursor] = {}
+        self._cursors: dict[tuple[str, str], _Cursor] = {}  # (destination, lane)
         self._next_seq = 1
         self._fd: int | None = None
         self._ledger_dirty = False
@@ -201,7 +203,7 @@ class DiskBuffer:
                 acks = AckLedger(oldest)
             acks.advance_to(oldest)
             self._acks[dest] = acks
-            self._cursors[dest] = _Cursor(acks.acked_through + 1)
+            self._cursors[dest, ""] = _Cursor(acks.acked_through + 1)
         for gone in sorted(set(known) - set(destinations)):
             _log.info("buffer: destination %r is no longer configured; its cursor is dropped", gone)
 
@@ -435,12 +437,15 @@ class DiskBuffer:
 
     # ---- read / ack ------------------------------------------------------------------------------
 
-    async def read(self, dest: str, max_records: int, timeout_s: float) -> list[Record]:
+    async def read(
+        self, dest: str, max_records: int, timeout_s: float, *, lane: str = "", end_seq: int | None = None
+    ) -> list[Record]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        end = end_seq if end_seq is not None else _NO_END
         while True:
-            if self._has_unread(dest):
-                records = await asyncio.to_thread(self._read, dest, max_records)
+            if self._has_unread(dest, lane, end):
+                records = await asyncio.to_thread(self._read, dest, lane, max_records, end)
                 if records:
                     return records
             remaining = deadline - loop.time()
@@ -453,22 +458,29 @@ class DiskBuffer:
             except TimeoutError:
                 return []
 
-    def _has_unread(self, dest: str) -> bool:
-        with self._meta:
-            return self._acks[dest].next_unacked(self._cursors[dest].next_seq) < self._next_seq
+    def _cursor(self, dest: str, lane: str) -> _Cursor:
+        """Called with ``_meta`` held. A lane not sought yet starts at the destination's acked prefix."""
+        cursor = self._cursors.get((dest, lane))
+        if cursor is None:
+            cursor = self._cursors[dest, lane] = _Cursor(self._acks[dest].acked_through + 1)
+        return cursor
 
-    def _read(self, dest: str, max_records: int) -> list[Record]:
+    def _has_unread(self, dest: str, lane: str, end: int) -> bool:
+        with self._meta:
+            return self._acks[dest].next_unacked(self._cursor(dest, lane).next_seq) < min(self._next_seq, end)
+
+    def _read(self, dest: str, lane: str, max_records: int, end: int) -> list[Record]:
         found: list[tuple[int, bytes]] = []
         with self._meta:
-            cursor = self._cursors[dest]
+            cursor = self._cursor(dest, lane)
             # A private copy: the loop thread may add acks while this thread scans.
             acks = AckLedger(self._acks[dest].acked_through, self._acks[dest].ranges)
             seq = acks.next_unacked(cursor.next_seq)
-        want = _Want(found, max_records, acks)
+        want = _Want(found, max_records, acks, end)
         while len(found) < max_records:
             with self._meta:
                 seq = acks.next_unacked(seq)
-                if seq >= self._next_seq or not self._segments:
+                if seq >= min(self._next_seq, end) or not self._segments:
                     break
                 idx = bisect.bisect_right(self._firsts, seq) - 1
                 if idx < 0:  # dropped by a limit before we got to it
@@ -506,6 +518,8 @@ class DiskBuffer:
                     pos = 0
                     while pos + HEADER.size <= len(chunk) and len(want.found) < want.limit:
                         length, crc, rec_seq = HEADER.unpack_from(chunk, pos)
+                        if rec_seq >= want.end and rec_seq == scan_seq:
+                            return rec_seq, offset + pos  # the lane ends here; the cursor points at it
                         end = pos + HEADER.size + length
                         if rec_seq != scan_seq or length > _MAX_RECORD or offset + end > size:
                             self._quarantine(seg, f"record {scan_seq} has a bad header at byte {offset + pos}")
@@ -538,7 +552,13 @@ class DiskBuffer:
 
     def rewind(self, dest: str) -> None:
         with self._meta:
-            self._cursors[dest] = _Cursor(self._acks[dest].acked_through + 1)
+            for key in [k for k in self._cursors if k[0] == dest and k[1]]:
+                del self._cursors[key]
+            self._cursors[dest, ""] = _Cursor(self._acks[dest].acked_through + 1)
+
+    def seek(self, dest: str, seq: int, *, lane: str = "") -> None:
+        with self._meta:
+            self._cursors[dest, lane] = _Cursor(max(seq, self._acks[dest].acked_through + 1))
 
     # ---- limits, corruption, maintenance -------------------------------------------------------
 

@@ -31,7 +31,7 @@ class MemoryBuffer:
         self._records: deque[Record] = deque()
         self._next_seq = 1
         self._acks = {d: AckLedger() for d in destinations}
-        self._cursors = dict.fromkeys(self._acks, 1)
+        self._cursors: dict[tuple[str, str], int] = {(d, ""): 1 for d in self._acks}  # (destination, lane)
         self._stats = BufferStats()
         self._bytes = 0
         self._data_event = asyncio.Event()
@@ -61,30 +61,34 @@ class MemoryBuffer:
         for acks in self._acks.values():
             acks.advance_to(rec.seq)
 
-    async def read(self, dest: str, max_records: int, timeout_s: float) -> list[Record]:
+    async def read(
+        self, dest: str, max_records: int, timeout_s: float, *, lane: str = "", end_seq: int | None = None
+    ) -> list[Record]:
+        end = min(end_seq, self._next_seq) if end_seq is not None else None
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
-                    out = self._take(dest, max_records)
+                    out = self._take(dest, lane, max_records, self._next_seq if end is None else end)
                     if out:
                         return out
                     await self._data_event.wait()
         except TimeoutError:
             return []
 
-    def _take(self, dest: str, max_records: int) -> list[Record]:
+    def _take(self, dest: str, lane: str, max_records: int, end: int) -> list[Record]:
         acks = self._acks[dest]
-        seq = acks.next_unacked(self._cursors[dest])
+        seq = acks.next_unacked(self._cursors.get((dest, lane), acks.acked_through + 1))
         first = self._records[0].seq if self._records else self._next_seq
         out: list[Record] = []
         seq = max(seq, first)
-        while seq < self._next_seq and len(out) < max_records:
+        end = min(end, self._next_seq)
+        while seq < end and len(out) < max_records:
             seq = acks.next_unacked(seq)
-            if seq >= self._next_seq:
+            if seq >= end:
                 break
             out.append(self._records[seq - first])
             seq += 1
-        self._cursors[dest] = seq
+        self._cursors[dest, lane] = seq
         return out
 
     def ack(self, dest: str, first: int, last: int) -> None:
@@ -95,7 +99,12 @@ class MemoryBuffer:
             self._bytes -= len(encode_reading(rec.reading))
 
     def rewind(self, dest: str) -> None:
-        self._cursors[dest] = self._acks[dest].acked_through + 1
+        for key in [k for k in self._cursors if k[0] == dest and k[1]]:
+            del self._cursors[key]
+        self._cursors[dest, ""] = self._acks[dest].acked_through + 1
+
+    def seek(self, dest: str, seq: int, *, lane: str = "") -> None:
+        self._cursors[dest, lane] = max(seq, self._acks[dest].acked_through + 1)
 
     def stats(self) -> BufferStats:
         last = self._next_seq - 1

@@ -35,6 +35,14 @@ from edge_gateway.publish.iotcore import Message, encode_batch
 _log = logging.getLogger(__name__)
 
 _READ_RECORDS = 4000  # records per buffer read; a batch is several reads when points are small
+MAIN_LANE, LIVE_LANE = "", "live"
+_IDLE_WAIT_S = 3600.0
+# Behind = the oldest unsent reading is older than this many latency bounds (and at least _BACKLOG_MIN_AGE_S).
+_BACKLOG_LATENCIES = 5
+_BACKLOG_MIN_AGE_S = 5.0
+_LIVE_RESERVE = 2  # in-flight slots a draining backlog leaves to the live lane
+_FLOW_BYTES_PER_S = 512 * 1024  # IoT Core per-connection throughput, paced by awscrt's flow control
+_BACKLOG_QUEUE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,7 @@ class PublisherStatus:
     rejected_points: int = 0  # refused for good by the broker: dead-lettered
     unsendable_points: int = 0  # never sent (the destination would refuse them): dead-lettered
     in_flight: int = 0
+    backlog_split_seq: int | None = None  # set while a live lane runs ahead of a draining backlog
     last_ack_ns: int | None = None
     last_error: str | None = None
     failures_by_code: dict[str, int] = field(default_factory=dict)
@@ -82,6 +91,7 @@ class Publisher:
         *,
         encoder: Encoder,
         dead_letter: DeadLetterFile,
+        flow_control: bool = True,
         backoff: Backoff | None = None,
     ) -> None:
         self.dest = dest
@@ -94,6 +104,13 @@ class Publisher:
         self.status = PublisherStatus(dest.name)
         self._backoff = backoff or Backoff(1.0, 60.0)
         self._window = asyncio.Semaphore(dest.max_in_flight)
+        # While a backlog drains, it may use all but a few slots, so live messages never wait for a slot;
+        # with IoT Core flow control (~512 KiB/s) it also keeps at most ~_BACKLOG_QUEUE_S of bytes queued
+        # in the client ahead of a live message.
+        backlog = dest.max_in_flight - min(_LIVE_RESERVE, dest.max_in_flight - 1)
+        if flow_control:
+            backlog = min(backlog, int(_FLOW_BYTES_PER_S * _BACKLOG_QUEUE_S) // dest.max_message_bytes)
+        self._backlog_lane = asyncio.Semaphore(max(1, backlog))
         self._failing = False
         self._retry_at = 0.0
 
@@ -102,30 +119,83 @@ class Publisher:
         self.buffer.rewind(self.name)
         async with asyncio.TaskGroup() as tg:
             while True:
-                records = await self._next_batch()
-                encoded = self.encoder(records)
-                if encoded.rejected:
-                    await self._set_aside(encoded.rejected)
-                batch = _Batch(records[0].seq, records[-1].seq, len(encoded.messages))
-                if not encoded.messages:
-                    self.buffer.ack(self.name, batch.first_seq, batch.last_seq)
-                for msg in encoded.messages:
-                    await self._window.acquire()
-                    self.status.in_flight += 1
-                    tg.create_task(self._deliver(msg, batch), name=f"publish:{self.name}:{msg.first_seq}")
+                records = await self._next_batch(MAIN_LANE, None, _IDLE_WAIT_S)
+                if self._behind(records):
+                    await self._drain_backlog(tg, records)
+                else:
+                    await self._send(tg, records, None)
 
-    async def _next_batch(self) -> list[Record]:
-        """Wait for data, then gather until the batch is full or the oldest record waited max_latency."""
-        records = await self.buffer.read(self.name, _READ_RECORDS, 3600.0)
+    def _behind(self, records: list[Record]) -> bool:
+        age_s = (time.time_ns() - records[0].reading.gateway_ts_ns) / 1e9
+        return age_s > max(_BACKLOG_MIN_AGE_S, _BACKLOG_LATENCIES * self.dest.max_latency_ms / 1000)
+
+    async def _drain_backlog(self, tg: asyncio.TaskGroup, first: list[Record]) -> None:
+        """Fresh data first: a live lane sends what arrives from now on within the latency bound while
+        the main lane drains the backlog up to the split; then the main lane continues after the live one."""
+        split = self.buffer.stats().last_seq + 1
+        self.buffer.seek(self.name, split, lane=LIVE_LANE)
+        self.status.backlog_split_seq = split
+        _log.info(
+            "publisher %s: behind (oldest unsent reading %.0f s old): new readings go first on a live lane "
+            "while the backlog up to seq %d drains",
+            self.name,
+            (time.time_ns() - first[0].reading.gateway_ts_ns) / 1e9,
+            split - 1,
+        )
+        stop_live = asyncio.Event()
+        live = tg.create_task(self._live_lane(tg, split, stop_live), name=f"publish:{self.name}:live")
+        records = first
+        while records:
+            await self._send(tg, records, self._backlog_lane)
+            records = await self._next_batch(MAIN_LANE, split, 0.0)
+        stop_live.set()
+        resume = await live
+        self.buffer.seek(self.name, resume)
+        self.status.backlog_split_seq = None
+        _log.info("publisher %s: backlog drained; one lane again from seq %d", self.name, resume)
+
+    async def _live_lane(self, tg: asyncio.TaskGroup, start: int, stop: asyncio.Event) -> int:
+        """Send from ``start`` on until ``stop``; return the seq the main lane continues at."""
+        position = start
+        while not stop.is_set():
+            records = await self._next_batch(LIVE_LANE, None, self.dest.max_latency_ms / 1000)
+            if records:
+                position = records[-1].seq + 1
+                await self._send(tg, records, None)
+        return position
+
+    async def _send(self, tg: asyncio.TaskGroup, records: list[Record], lane: asyncio.Semaphore | None) -> None:
+        """Encode and dispatch; every message takes a slot of the in-flight window (and of ``lane`` if given)."""
+        encoded = self.encoder(records)
+        if encoded.rejected:
+            await self._set_aside(encoded.rejected)
+        batch = _Batch(records[0].seq, records[-1].seq, len(encoded.messages))
+        if not encoded.messages:
+            self.buffer.ack(self.name, batch.first_seq, batch.last_seq)
+        for msg in encoded.messages:
+            if lane is not None:
+                await lane.acquire()
+            await self._window.acquire()
+            self.status.in_flight += 1
+            tg.create_task(self._deliver(msg, batch, lane), name=f"publish:{self.name}:{msg.first_seq}")
+
+    async def _next_batch(self, lane: str, end_seq: int | None, wait_s: float) -> list[Record]:
+        """Wait up to ``wait_s`` for data (forever when it is _IDLE_WAIT_S), then gather until the batch is
+        full or the oldest record waited max_latency; [] if nothing came."""
+        records: list[Record] = []
         while not records:
-            records = await self.buffer.read(self.name, _READ_RECORDS, 3600.0)
+            records = await self.buffer.read(self.name, _READ_RECORDS, wait_s, lane=lane, end_seq=end_seq)
+            if wait_s != _IDLE_WAIT_S:
+                break
+        if not records:
+            return records
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.dest.max_latency_ms / 1000
         while len(records) < self._batch_records():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            more = await self.buffer.read(self.name, _READ_RECORDS, remaining)
+            more = await self.buffer.read(self.name, _READ_RECORDS, remaining, lane=lane, end_seq=end_seq)
             if not more:
                 break
             records.extend(more)
@@ -135,7 +205,7 @@ class Publisher:
         # Enough records to fill every in-flight slot with a full message at ~12 bytes per point.
         return max(_READ_RECORDS, self.dest.max_message_bytes // 12)
 
-    async def _deliver(self, msg: Message, batch: _Batch) -> None:
+    async def _deliver(self, msg: Message, batch: _Batch, lane: asyncio.Semaphore | None) -> None:
         try:
             while True:
                 try:
@@ -154,6 +224,8 @@ class Publisher:
         finally:
             self.status.in_flight -= 1
             self._window.release()
+            if lane is not None:
+                lane.release()
 
     async def _wait_for_retry(self) -> None:
         """All failing messages share one backoff schedule and retry together, oldest first in practice,

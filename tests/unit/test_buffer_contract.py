@@ -72,6 +72,35 @@ async def test_out_of_order_acks_and_rewind_redeliver_only_unacked(buf: Buffer) 
     assert buf.stats().unacked["sitewise"] == 20
 
 
+async def test_a_live_lane_reads_the_head_while_the_main_lane_drains_up_to_the_split(buf: Buffer) -> None:
+    await buf.append([reading(i) for i in range(1, 301)])
+    split = 201
+    buf.seek("cloud", split, lane="live")
+    head = await buf.read("cloud", 1000, 0.1, lane="live")
+    backlog = await buf.read("cloud", 120, 0.1, end_seq=split)
+    backlog += await buf.read("cloud", 1000, 0.1, end_seq=split)
+    assert [r.seq for r in head] == list(range(201, 301))
+    assert [r.seq for r in backlog] == list(range(1, 201))
+    assert await buf.read("cloud", 1000, 0.05, end_seq=split) == []  # the main lane stops at the split
+    await buf.append([reading(301)])
+    assert [r.seq for r in await buf.read("cloud", 10, 1.0, lane="live")] == [301]
+    buf.ack("cloud", 1, 150)
+    buf.ack("cloud", 201, 301)
+    buf.seek("cloud", 302)  # the lanes merge: main continues where the live lane is
+    await buf.append([reading(302)])
+    assert [r.seq for r in await buf.read("cloud", 10, 1.0)] == [302]
+    buf.rewind("cloud")  # unacked records of every lane are due again, on the main lane
+    assert [r.seq for r in await buf.read("cloud", 1000, 0.1)] == [*range(151, 201), 302]
+    assert [r.seq for r in await buf.read("sitewise", 1000, 0.1)] == list(range(1, 303))  # untouched
+
+
+async def test_seek_never_goes_back_into_the_acked_prefix(buf: Buffer) -> None:
+    await buf.append([reading(i) for i in range(1, 11)])
+    buf.ack("cloud", 1, 6)
+    buf.seek("cloud", 2, lane="live")
+    assert [r.seq for r in await buf.read("cloud", 100, 0.1, lane="live")] == [7, 8, 9, 10]
+
+
 async def test_stats_count_appended_and_held(buf: Buffer) -> None:
     await buf.append([reading(i) for i in range(7)])
     buf.ack("cloud", 1, 7)
