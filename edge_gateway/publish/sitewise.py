@@ -13,11 +13,15 @@ Contract:
 - A message holds one source and one value type (``double``, ``integer``, ``boolean``, ``string``): an action
   slot names its value field statically, so each type has its own rule, chosen by ``{type}`` in the topic.
 - At most ``max_entries`` entries (<= 10) of at most ``max_values_per_entry`` values (<= 10) per message, as
-  BatchPutAssetPropertyValue allows; an alias with more values gets further entries in the same message.
+  BatchPutAssetPropertyValue allows. Values are grouped per alias over the whole batch and packed alias after
+  alias, so a message is full (100 values) unless its group runs out; an alias with more than 10 values gets
+  further entries, in the same message when there is room.
 - The payload is ASCII JSON of at most ``max_bytes`` bytes, sized exactly while it is built.
-- Order: values of one alias are in sequence order within and across the messages of their group; messages
-  come back sorted by ``first_seq``; ``first_seq``/``last_seq``/``points`` describe exactly what a message
-  carries (its seqs need not be contiguous: other sources and types interleave).
+- Order: values of one alias keep record order (the buffer's seq order) within a message and across the list
+  of messages; the list holds the messages of each (source, type) group in packing order, groups in order of
+  first appearance. ``first_seq``/``last_seq``/``points`` are the lowest and highest seq and the count of
+  what a message carries (its seqs need not be contiguous: other aliases, sources and types
+  interleave, which is why the publisher acks a whole batch, not a message).
 - ``entryId`` is the sequence number of the entry's first value: unique in a request, ``^[0-9]+$``.
 - Refused locally (SiteWise or the rule action would refuse them): timestamps outside [now - 7 days,
   now + 10 minutes] narrowed by ``margin_s``; no value (``None``); integers outside 32 bits; doubles outside
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edge_gateway.buffer.base import Record
-from edge_gateway.model import Value
+from edge_gateway.model import Quality, Value
 from edge_gateway.publish.iotcore import Message
 
 ValueType = Literal["double", "integer", "boolean", "string"]
@@ -230,12 +234,12 @@ class _Packer:
         self.entries.append(f'{{"entryId":"{entry_id}","propertyAlias":{alias_json},"propertyValues":[{texts}]}}')
         self.size += cost
         seqs = [rec.seq for rec, _, _ in values]
-        oldest = min(ts for _, ts, _ in values)
+        first, last, oldest = min(seqs), max(seqs), min(ts for _, ts, _ in values)
         if self.count == 0:
-            self.first_seq, self.last_seq, self.oldest_ns = seqs[0], seqs[-1], oldest
+            self.first_seq, self.last_seq, self.oldest_ns = first, last, oldest
         else:
-            self.first_seq = min(self.first_seq, seqs[0])
-            self.last_seq = max(self.last_seq, seqs[-1])
+            self.first_seq = min(self.first_seq, first)
+            self.last_seq = max(self.last_seq, last)
             self.oldest_ns = min(self.oldest_ns, oldest)
         self.count += len(values)
 
@@ -267,61 +271,82 @@ def encode_batch(
     if not 0 <= margin_ns < MAX_FUTURE_NS:
         msg = f"margin_s ({margin_s}) must be at least 0 and less than SiteWise's 10-minute future limit"
         raise ValueError(msg)
-    groups, rejected = _collect(records, thing=thing, now_ns=now_ns, alias_template=alias_template, margin_s=margin_s)
+    points, rejected = _collect(records, thing=thing, now_ns=now_ns, alias_template=alias_template, margin_s=margin_s)
+    groups: dict[tuple[str, ValueType], list[tuple[str, list[_Tqv]]]] = {}  # in first-appearance order
+    for (source, _), point in points.items():
+        for vtype, values in point.values.items():
+            groups.setdefault((source, vtype), []).append((point.alias_json, values))
     packed: list[tuple[Message, int]] = []
-    for (source, vtype), group in groups.items():
+    for (source, vtype), aliases in groups.items():
         topic = topic_template.format(thing=thing, source=source, type=vtype)
         packer = _Packer(topic, max_bytes, max_entries, max_values_per_entry)
-        for alias_json, values in group.items():
+        for alias_json, values in aliases:
             packer.pack(alias_json, values)
         packed.extend(packer.finish())
         rejected.extend(packer.too_large)
-    packed.sort(key=lambda m: m[0].first_seq)
     rejected.sort(key=lambda rr: rr[0].seq)
     expiry = MAX_PAST_NS - margin_ns
     return SiteWiseBatch([m for m, _ in packed], rejected, [oldest + expiry for _, oldest in packed])
 
 
+class _Point:
+    """One (source, point): its alias (JSON) or why it is refused, and its accepted values by value type."""
+
+    __slots__ = ("alias_json", "refused", "values")
+
+    def __init__(self, alias: tuple[bool, str]) -> None:
+        ok, text = alias
+        self.alias_json, self.refused = (text, "") if ok else ("", text)
+        self.values: dict[ValueType, list[_Tqv]] = {}
+
+
+# The fixed text after the timestamp of a GOOD value, by value type.
+_GOOD_TAIL = {t: f'"quality":"GOOD","value":{{"{t}Value":' for t in VALUE_TYPES}
+
+
 def _collect(
     records: Sequence[Record], *, thing: str, now_ns: int, alias_template: str, margin_s: float
-) -> tuple[dict[tuple[str, ValueType], dict[str, list[_Tqv]]], list[tuple[Record, str]]]:
-    """Check and encode each value; group them by (source, value type), then alias (JSON), in record order."""
+) -> tuple[dict[tuple[str, str], _Point], list[tuple[Record, str]]]:
+    """Check and encode each value, kept per point and value type in record order (the hot loop)."""
     margin_ns = round(margin_s * 1e9)
     oldest_ok = now_ns - MAX_PAST_NS + margin_ns
     newest_ok = now_ns + MAX_FUTURE_NS - margin_ns
-    aliases: dict[tuple[str, str], tuple[bool, str]] = {}
-    groups: dict[tuple[str, ValueType], dict[str, list[_Tqv]]] = {}
+    points: dict[tuple[str, str], _Point] = {}
     rejected: list[tuple[Record, str]] = []
+    good = Quality.GOOD
     for rec in records:
         r = rec.reading
-        ts = r.ts_ns
+        ts = r.source_ts_ns
+        if ts is None:
+            ts = r.gateway_ts_ns
         if not oldest_ok <= ts <= newest_ok:
             rejected.append((rec, _window_reason(ts, now_ns, margin_s)))
             continue
-        typed = _value(r.value)
-        if isinstance(typed, str):
-            rejected.append((rec, typed))
+        v = r.value
+        if type(v) is float and -DOUBLE_LIMIT <= v <= DOUBLE_LIMIT:
+            vtype: ValueType = "double"
+            vtext = repr(v)  # repr of a finite float is valid JSON
+        else:
+            typed = _value(v)
+            if isinstance(typed, str):
+                rejected.append((rec, typed))
+                continue
+            vtype, vtext = typed
+        point = points.get((r.source, r.point))
+        if point is None:
+            point = points[(r.source, r.point)] = _Point(_alias(alias_template, thing, r.source, r.point))
+        if point.refused:
+            rejected.append((rec, point.refused))
             continue
-        alias_ok, alias_json = aliases.get((r.source, r.point)) or aliases.setdefault(
-            (r.source, r.point), _alias(alias_template, thing, r.source, r.point)
-        )
-        if not alias_ok:
-            rejected.append((rec, alias_json))
-            continue
-        vtype, vtext = typed
+        q = r.quality
+        tail = _GOOD_TAIL[vtype] if q is good else f'"quality":"{q.value}","value":{{"{vtype}Value":'
         sec, nanos = divmod(ts, 1_000_000_000)
-        text = (
-            f'{{"timestamp":{{"timeInSeconds":{sec},"offsetInNanos":{nanos}}},'
-            f'"quality":"{r.quality.value}","value":{{"{vtype}Value":{vtext}}}}}'
-        )
-        group = groups.get((r.source, vtype))
-        if group is None:
-            group = groups[(r.source, vtype)] = {}
-        values = group.get(alias_json)
+        text = f'{{"timestamp":{{"timeInSeconds":{sec},"offsetInNanos":{nanos}}},{tail}{vtext}}}}}'
+        values = point.values.get(vtype)
         if values is None:
-            values = group[alias_json] = []
+            values = point.values[vtype] = []
         values.append((rec, ts, text))
-    return groups, rejected
+    return points, rejected
 
 
 def topic_rule_payload(
@@ -330,17 +355,17 @@ def topic_rule_payload(
     *,
     max_entries: int = MAX_ENTRIES,
     max_values_per_entry: int = MAX_VALUES_PER_ENTRY,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The ``topicRulePayload`` (CreateTopicRule) of the rule that ingests messages of one value type.
 
     The ``iotSiteWise`` action cannot iterate over an array: it has one slot per entry and value, each field
     a substitution template into the message. Slots the message does not fill evaluate to empty and are
     dropped by the action (see docs/sitewise.md for what AWS documents and what must be checked).
     """
-    slots: list[dict[str, object]] = []
+    slots: list[dict[str, Any]] = []
     for i in range(max_entries):
         e = f"get(entries, {i})"
-        values: list[dict[str, object]] = []
+        values: list[dict[str, Any]] = []
         for j in range(max_values_per_entry):
             v = f"get({e}.propertyValues, {j})"
             values.append(
