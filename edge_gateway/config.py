@@ -133,16 +133,18 @@ class MqttSettings(_Reconnecting):
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
     ping_timeout_ms: int = Field(default=3000, ge=100, le=60_000)
     ack_timeout_s: int = Field(default=10, ge=1, le=600)
-    reconnect_max_s: float = Field(default=120.0, gt=0)
+    # awscrt resets its backoff only after 30 s connected: a low ceiling keeps a flapping link from
+    # leaving the gateway offline for minutes after the network is back.
+    reconnect_max_s: float = Field(default=30.0, gt=0)
     # Keep awscrt's AWS IoT Core flow control (100 publishes/s, ~512 KiB/s) on; turn off only for a
     # local broker in benchmarks.
     iot_core_flow_control: bool = True
 
 
-class IotCoreDestination(_Model):
-    type: Literal["iotcore"]
+class DestinationBase(_Model):
+    """What every destination has: its own buffer cursor (by name), batching, in-flight window, refusals."""
+
     name: str = Field(pattern=_NAME_PATTERN)
-    topic: str = Field(default="dt/{thing}/{source}", min_length=1)
     max_message_bytes: int = Field(default=126_000, ge=1024, le=128_000)
     max_latency_ms: int = Field(default=1000, ge=1, le=60_000)
     max_in_flight: int = Field(default=16, ge=1, le=100)
@@ -160,13 +162,43 @@ class IotCoreDestination(_Model):
             raise ValueError(msg)
         return codes
 
+
+class IotCoreDestination(DestinationBase):
+    type: Literal["iotcore"]
+    # A Basic Ingest topic ($aws/rules/<rule>/...) skips the message broker's charges.
+    topic: str = Field(default="dt/{thing}/{source}", min_length=1)
+
     @field_validator("topic")
     @classmethod
     def _topic_shape(cls, topic: str) -> str:
         return _publish_topic(topic, {"thing", "source"})
 
 
-DestinationConfig = Annotated[IotCoreDestination, Field(discriminator="type")]
+class SiteWiseDestination(DestinationBase):
+    """BatchPutAssetPropertyValue bodies for an IoT rule's iotSiteWise action (docs/sitewise.md)."""
+
+    type: Literal["sitewise"]
+    # One rule per value type ({type}: double, integer, boolean, string), Basic Ingest by default.
+    topic: str = Field(default="$aws/rules/edge_sitewise_{type}/{thing}/{source}", min_length=1)
+    # The SiteWise property alias of a point; placeholders {thing}, {source}, {point}.
+    alias: str = Field(default="/{thing}/{source}/{point}", min_length=1, max_length=1000)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_shape(cls, topic: str) -> str:
+        return _publish_topic(topic, {"thing", "source", "type"})
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_shape(cls, alias: str) -> str:
+        unknown = set(_placeholders(alias)) - {"thing", "source", "point"}
+        if unknown:
+            msg = f"unknown placeholder(s) {sorted(unknown)}; allowed: {{thing}}, {{source}}, {{point}}"
+            raise ValueError(msg)
+        return alias
+
+
+DestinationConfig = Annotated[IotCoreDestination | SiteWiseDestination, Field(discriminator="type")]
 
 
 class DeadLetterSettings(_Model):

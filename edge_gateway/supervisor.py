@@ -28,7 +28,7 @@ from edge_gateway.model import Reading
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.publish.presence import Presence
-from edge_gateway.publish.publisher import Publisher, iotcore_encoder
+from edge_gateway.publish.publisher import Publisher, encoder_for
 from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.opcua import OpcUaReader
@@ -115,7 +115,7 @@ class Gateway:
                 d,
                 self.buffer,
                 self.transport,
-                encoder=iotcore_encoder(d, self.thing),
+                encoder=encoder_for(d, self.thing),
                 dead_letter=self.dead_letter,
                 flow_control=config.publisher.mqtt.iot_core_flow_control,
             )

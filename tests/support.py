@@ -24,9 +24,16 @@ COUNTERS = ("press.counter", "boiler.counter")
 # The Modbus counter is sampled by polling (every 50 ms): ticking 5x slower than that keeps every value
 # observable even when a busy 2-core CI machine delays a poll.
 MODBUS_TICK_MS = 250
-ALLOW_ALL_ACL = "user test-consumer\ntopic readwrite #\n\nuser test-gateway\ntopic readwrite #\n"
+# "#" does not match topics starting with "$" (the Basic Ingest topics $aws/rules/...): they are listed apart.
+ALLOW_ALL_ACL = (
+    "user test-consumer\ntopic readwrite #\ntopic readwrite $aws/#\n\n"
+    "user test-gateway\ntopic readwrite #\ntopic readwrite $aws/#\n"
+)
 # Refuses the gateway's data (PUBACK 135) but still lets its presence through, as the tests watch it.
-DENY_GATEWAY_ACL = f"user test-consumer\ntopic readwrite #\n\nuser test-gateway\ntopic write dt/{THING}/status\n"
+DENY_GATEWAY_ACL = (
+    "user test-consumer\ntopic readwrite #\ntopic readwrite $aws/#\n\n"
+    f"user test-gateway\ntopic write dt/{THING}/status\n"
+)
 
 
 def mqtt_settings(pki: Pki, broker: MosquittoBroker, *, client: str = THING, **overrides: Any) -> MqttSettings:

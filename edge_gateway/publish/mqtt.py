@@ -2,7 +2,12 @@
 
 Contract:
 - ``start()`` starts the client and returns; awscrt connects and reconnects by itself (exponential
-  backoff with full jitter between ``reconnect_min_s`` and ``reconnect_max_s``): there is no second loop.
+  backoff with full jitter: attempt n waits a random time in [0, min(reconnect_max_s, reconnect_min_s * 2^n)];
+  it starts again from reconnect_min_s only after 30 s connected): there is no second loop.
+- A refused connection is logged once per episode with a hint saying what to fix (TLS handshake, client
+  certificate refused, nothing listening); ``status`` counts attempts and failures and keeps the last error.
+  Note: awscrt's TLS (s2n) holds a client-side handshake failure (e.g. an untrusted server certificate)
+  for 10-30 s before reporting it.
 - ``publish(topic, payload)`` is QoS 1 and returns the PUBACK reason code; a code >= 0x80 (e.g. 135 NOT
   AUTHORIZED) or a client error raises ``PublishError``. Awaiting goes through ``asyncio.shield`` because
   cancelling the wrapped CRT future loses its PUBACK. While offline, publishes wait in the client's queue
@@ -53,6 +58,17 @@ _PERMANENT_ERRORS = {
 
 MessageHandler = Callable[[str, bytes], None]
 
+# What a connect failure most likely means, for the log line an operator reads.
+_CONNECT_HINTS = {
+    "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE": "TLS handshake failed: check that ca_file signed the server "
+    "certificate (AmazonRootCA1 for IoT Core), that endpoint matches its name, and that a server on a port "
+    "other than 443 does not require ALPN",
+    "AWS_IO_TLS_ERROR_READ_FAILURE": "the server closed TLS during the handshake: it probably refused the client "
+    "certificate (revoked, inactive in IoT Core, or from a CA it does not trust)",
+    "AWS_IO_SOCKET_CONNECTION_REFUSED": "nothing listens there: check endpoint and port",
+    "AWS_IO_DNS_INVALID_NAME": "the endpoint name does not resolve: check endpoint",
+}
+
 
 @dataclass(slots=True)
 class MqttStatus:
@@ -63,6 +79,8 @@ class MqttStatus:
     connects: int = 0
     disconnects: int = 0
     connection_failures: int = 0
+    connect_attempts: int = 0
+    last_attempt_time: float | None = None
     rejoined_session: bool = False
     last_error: str | None = None
     last_connect_time: float | None = None
@@ -178,6 +196,7 @@ class MqttTransport:
             will=will,
             enable_metrics_collection=False,
             on_publish_received=self._bridge(self._on_message),
+            on_lifecycle_attempting_connect=self._bridge(self._on_attempt),
             on_lifecycle_connection_success=self._bridge(self._on_connected),
             on_lifecycle_connection_failure=self._bridge(self._on_connection_failure),
             on_lifecycle_disconnection=self._bridge(self._on_disconnected),
@@ -260,12 +279,19 @@ class MqttTransport:
         st.last_error = f"connect failed: {reason}"
         if not self._failing:
             self._failing = True
+            name = _crt_error_name(data.exception) if data.exception else ""
+            hint = f" ({_CONNECT_HINTS[name]})" if name in _CONNECT_HINTS else ""
             _log.warning(
-                "mqtt: cannot connect to %s:%d: %s; retrying with backoff",
+                "mqtt: cannot connect to %s:%d: %s%s; retrying with backoff",
                 self.settings.endpoint,
                 self.settings.port,
                 reason,
+                hint,
             )
+
+    def _on_attempt(self, _data: mqtt5.LifecycleAttemptingConnectData) -> None:
+        self.status.connect_attempts += 1
+        self.status.last_attempt_time = time.time()
 
     def _on_disconnected(self, data: mqtt5.LifecycleDisconnectData) -> None:
         st = self.status

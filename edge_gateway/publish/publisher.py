@@ -27,8 +27,9 @@ from typing import Protocol
 
 from edge_gateway.backoff import Backoff
 from edge_gateway.buffer.base import Buffer, Record
-from edge_gateway.config import IotCoreDestination
+from edge_gateway.config import DestinationBase, IotCoreDestination, SiteWiseDestination
 from edge_gateway.errors import PublishError
+from edge_gateway.publish import sitewise
 from edge_gateway.publish.deadletter import DeadLetterFile, message_entry, reading_entry
 from edge_gateway.publish.iotcore import Message, encode_batch
 
@@ -49,6 +50,8 @@ _BACKLOG_QUEUE_S = 0.5
 class Encoded:
     messages: list[Message]
     rejected: list[tuple[Record, str]] = field(default_factory=list)  # never to be sent, with the reason
+    # Per message: past this wall-clock time the destination would refuse it (dead-lettered, not retried).
+    expires_ns: list[int] | None = None
 
 
 Encoder = Callable[[Sequence[Record]], Encoded]
@@ -59,6 +62,28 @@ def iotcore_encoder(dest: IotCoreDestination, thing: str) -> Encoder:
         return Encoded(encode_batch(records, thing=thing, topic_template=dest.topic, max_bytes=dest.max_message_bytes))
 
     return encode
+
+
+def sitewise_encoder(dest: SiteWiseDestination, thing: str) -> Encoder:
+    def encode(records: Sequence[Record]) -> Encoded:
+        batch = sitewise.encode_batch(
+            records,
+            thing=thing,
+            now_ns=time.time_ns(),
+            topic_template=dest.topic,
+            alias_template=dest.alias,
+            max_bytes=dest.max_message_bytes,
+        )
+        return Encoded(batch.messages, batch.rejected, batch.expires_ns)
+
+    return encode
+
+
+def encoder_for(dest: DestinationBase, thing: str) -> Encoder:
+    if isinstance(dest, SiteWiseDestination):
+        return sitewise_encoder(dest, thing)
+    assert isinstance(dest, IotCoreDestination)
+    return iotcore_encoder(dest, thing)
 
 
 class Transport(Protocol):
@@ -85,7 +110,7 @@ class PublisherStatus:
 class Publisher:
     def __init__(
         self,
-        dest: IotCoreDestination,
+        dest: DestinationBase,
         buffer: Buffer,
         transport: Transport,
         *,
@@ -172,12 +197,13 @@ class Publisher:
         batch = _Batch(records[0].seq, records[-1].seq, len(encoded.messages))
         if not encoded.messages:
             self.buffer.ack(self.name, batch.first_seq, batch.last_seq)
-        for msg in encoded.messages:
+        for i, msg in enumerate(encoded.messages):
             if lane is not None:
                 await lane.acquire()
             await self._window.acquire()
             self.status.in_flight += 1
-            tg.create_task(self._deliver(msg, batch, lane), name=f"publish:{self.name}:{msg.first_seq}")
+            expires = encoded.expires_ns[i] if encoded.expires_ns is not None else None
+            tg.create_task(self._deliver(msg, batch, lane, expires), name=f"publish:{self.name}:{msg.first_seq}")
 
     async def _next_batch(self, lane: str, end_seq: int | None, wait_s: float) -> list[Record]:
         """Wait up to ``wait_s`` for data (forever when it is _IDLE_WAIT_S), then gather until the batch is
@@ -205,7 +231,9 @@ class Publisher:
         # Enough records to fill every in-flight slot with a full message at ~12 bytes per point.
         return max(_READ_RECORDS, self.dest.max_message_bytes // 12)
 
-    async def _deliver(self, msg: Message, batch: _Batch, lane: asyncio.Semaphore | None) -> None:
+    async def _deliver(
+        self, msg: Message, batch: _Batch, lane: asyncio.Semaphore | None, expires_ns: int | None
+    ) -> None:
         try:
             while True:
                 try:
@@ -216,6 +244,9 @@ class Publisher:
                         break
                     self._fail(exc)
                     await self._wait_for_retry()
+                    if expires_ns is not None and time.time_ns() >= expires_ns:
+                        await self._expire(msg)
+                        break
                 else:
                     self._succeed(msg)
                     break
@@ -275,6 +306,20 @@ class Publisher:
             len(msg.payload),
             msg.topic,
             exc,
+            self.dead_letter.path,
+        )
+
+    async def _expire(self, msg: Message) -> None:
+        self.status.unsendable_points += msg.points
+        reason = "the destination's time window passed while the message waited to be sent"
+        await asyncio.to_thread(self.dead_letter.write, [message_entry(self.name, msg, reason)])
+        _log.warning(
+            "publisher %s: %d point(s) (seqs %d..%d) became too old for the destination while retrying; they are "
+            "in the dead-letter file %s",
+            self.name,
+            msg.points,
+            msg.first_seq,
+            msg.last_seq,
             self.dead_letter.path,
         )
 
