@@ -122,6 +122,23 @@ class ModbusTcpSource(_Reconnecting):
 SourceConfig = Annotated[OpcUaSource | ModbusTcpSource, Field(discriminator="type")]
 
 
+class HttpProxySettings(_Model):
+    """An HTTP proxy the plant requires for outbound connections (HTTP CONNECT tunnel)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    username: str | None = None
+    # A file holding the password (kept out of the config and the shadow; never logged).
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if (self.username is None) != (self.password_file is None):
+            msg = "username and password_file go together (Basic authentication) or are both left out"
+            raise ValueError(msg)
+        return self
+
+
 class MqttSettings(_Reconnecting):
     endpoint: str = Field(min_length=1, description="IoT Core ATS endpoint or a local broker host")
     port: int = Field(default=443, ge=1, le=65535)
@@ -139,6 +156,7 @@ class MqttSettings(_Reconnecting):
     # Keep awscrt's AWS IoT Core flow control (100 publishes/s, ~512 KiB/s) on; turn off only for a
     # local broker in benchmarks.
     iot_core_flow_control: bool = True
+    proxy: HttpProxySettings | None = None
 
 
 class DestinationBase(_Model):
@@ -348,6 +366,9 @@ def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
                     ),
                     "mqtt": mqtt.model_copy(
                         update={
+                            "proxy": mqtt.proxy.model_copy(update={"password_file": fix(mqtt.proxy.password_file)})
+                            if mqtt.proxy and mqtt.proxy.password_file
+                            else mqtt.proxy,
                             "ca_file": fix(mqtt.ca_file) if mqtt.ca_file else None,
                             "cert_file": fix(mqtt.cert_file),
                             "key_file": fix(mqtt.key_file),

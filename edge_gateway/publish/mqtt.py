@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from awscrt import exceptions as crt_exceptions
-from awscrt import mqtt5
+from awscrt import http, mqtt5
 from awsiot import mqtt5_client_builder
 
 from edge_gateway.config import MqttSettings
@@ -67,6 +67,8 @@ _CONNECT_HINTS = {
     "certificate (revoked, inactive in IoT Core, or from a CA it does not trust)",
     "AWS_IO_SOCKET_CONNECTION_REFUSED": "nothing listens there: check endpoint and port",
     "AWS_IO_DNS_INVALID_NAME": "the endpoint name does not resolve: check endpoint",
+    "AWS_ERROR_HTTP_PROXY_CONNECT_FAILED": "the HTTP proxy refused the tunnel: check the proxy host, port, "
+    "username and password file, and that it allows CONNECT to the endpoint's port",
 }
 
 
@@ -119,6 +121,27 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
         if i >= len(t_parts) or (part not in ("+", t_parts[i])):
             return False
     return len(f_parts) == len(t_parts)
+
+
+def _proxy_options(s: MqttSettings) -> http.HttpProxyOptions | None:
+    proxy = s.proxy
+    if proxy is None:
+        return None
+    if proxy.username is None or proxy.password_file is None:
+        return http.HttpProxyOptions(proxy.host, proxy.port, connection_type=http.HttpProxyConnectionType.Tunneling)
+    try:
+        password = proxy.password_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        msg = f"cannot read the proxy password file {proxy.password_file}: {exc.strerror}"
+        raise PublishError(msg, retryable=False) from exc
+    return http.HttpProxyOptions(
+        proxy.host,
+        proxy.port,
+        auth_type=http.HttpProxyAuthenticationType.Basic,
+        auth_username=proxy.username,
+        auth_password=password,
+        connection_type=http.HttpProxyConnectionType.Tunneling,
+    )
 
 
 def _crt_error_name(exc: BaseException) -> str:
@@ -177,6 +200,7 @@ class MqttTransport:
             else mqtt5.ExtendedValidationAndFlowControlOptions.NONE
         )
         self._client = mqtt5_client_builder.mtls_from_path(
+            http_proxy_options=_proxy_options(s),
             cert_filepath=str(s.cert_file),
             pri_key_filepath=str(s.key_file),
             endpoint=s.endpoint,
@@ -203,7 +227,8 @@ class MqttTransport:
             on_lifecycle_stopped=self._bridge(self._on_stopped),
         )
         self._client.start()
-        _log.info("mqtt: connecting to %s:%d as %r", s.endpoint, s.port, self.client_id)
+        via = f" through the HTTP proxy {s.proxy.host}:{s.proxy.port}" if s.proxy else ""
+        _log.info("mqtt: connecting to %s:%d as %r%s", s.endpoint, s.port, self.client_id, via)
 
     def on_connect(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` on the event loop after every successful connect (after re-subscribing)."""

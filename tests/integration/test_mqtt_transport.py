@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from edge_gateway.config import HttpProxySettings
 from edge_gateway.errors import PublishError
 from edge_gateway.publish.mqtt import MqttTransport, check_iot_core_limits, topic_matches
 from simulators.iot_core import MosquittoBroker, Pki, generate_pki
+from tests.http_proxy import HttpConnectProxy
 from tests.support import DENY_GATEWAY_ACL, THING, Consumer, mqtt_settings
 
 
@@ -239,3 +241,41 @@ async def test_iot_core_flow_control_keeps_to_100_publishes_and_512_kib_per_seco
         while len(arrived) < 440:
             await asyncio.sleep(0.05)
     assert max(n for _, n in arrived) <= 128 * 1024
+
+
+async def test_through_an_http_proxy_with_basic_authentication(
+    tmp_path: Path, pki: Pki, broker: MosquittoBroker, consumer: Consumer
+) -> None:
+    await consumer.subscribe("dt/#")
+    secret = tmp_path / "proxy-password"
+    secret.write_text("s3cret\n")
+    with HttpConnectProxy(credentials=("gw", "s3cret")) as proxy:
+        proxy_settings = HttpProxySettings(host="127.0.0.1", port=proxy.port, username="gw", password_file=secret)
+        t = MqttTransport(mqtt_settings(pki, broker, proxy=proxy_settings), f"{THING}-gateway")
+        await t.start()
+        await t.wait_connected(10)
+        assert await t.publish("dt/test-gateway/p", b"via proxy") == 0
+        await t.stop()
+        assert proxy.requests == [(f"127.0.0.1:{broker.port}", True)]
+    await consumer.wait_for(lambda: bool(consumer.messages), 5)
+    assert consumer.messages == [("dt/test-gateway/p", b"via proxy")]
+
+
+async def test_a_proxy_that_refuses_the_credentials_is_a_clear_connect_failure(
+    tmp_path: Path, pki: Pki, broker: MosquittoBroker
+) -> None:
+    secret = tmp_path / "proxy-password"
+    secret.write_text("wrong")
+    with HttpConnectProxy(credentials=("gw", "s3cret")) as proxy:
+        proxy_settings = HttpProxySettings(host="127.0.0.1", port=proxy.port, username="gw", password_file=secret)
+        t = MqttTransport(mqtt_settings(pki, broker, proxy=proxy_settings), f"{THING}-gateway")
+        await t.start()
+        async with asyncio.timeout(10):
+            while not t.status.connection_failures:
+                await asyncio.sleep(0.05)
+        await t.stop()
+        assert not t.status.connects
+        assert proxy.requests[0] == (f"127.0.0.1:{broker.port}", False)
+    print("PROXY-REFUSED", t.status.last_error)
+    assert t.status.last_error is not None
+    assert "PROXY" in t.status.last_error or "407" in t.status.last_error
