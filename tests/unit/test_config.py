@@ -109,4 +109,31 @@ def test_reconnect_bounds_must_be_ordered() -> None:
         parse_config(doc)
     text = str(info.value)
     assert "sources.0.opcua: Value error, reconnect_min_s (90.0) must not exceed reconnect_max_s (60.0)" in text
-    assert "publisher.mqtt: Value error, reconnect_min_s (500.0) must not exceed reconnect_max_s (120.0)" in text
+    assert "publisher.mqtt: Value error, reconnect_min_s (500.0) must not exceed reconnect_max_s (30.0)" in text
+
+
+def test_destinations_of_both_types_with_basic_ingest_topics_and_their_checks() -> None:
+    doc = valid_doc()
+    doc["publisher"]["destinations"] = [  # type: ignore[index]
+        {"type": "iotcore", "name": "cloud", "topic": "$aws/rules/plant_ingest/dt/{thing}/{source}"},
+        {"type": "sitewise", "name": "sitewise"},
+    ]
+    cfg = parse_config(doc)
+    iot, sw = cfg.publisher.destinations
+    assert iot.topic.startswith("$aws/rules/plant_ingest/")
+    assert sw.type == "sitewise"
+    assert sw.topic == "$aws/rules/edge_sitewise_{type}/{thing}/{source}"
+    assert sw.alias == "/{thing}/{source}/{point}"
+    assert sw.dead_letter_codes == (135, 144, 149, 153)
+    assert cfg.dead_letter_path == Path("var/dead-letter.jsonl")
+    assert cfg.status_topic == "dt/line1-gw/status"
+    doc["publisher"]["destinations"] = [  # type: ignore[index]
+        {"type": "sitewise", "name": "sw", "alias": "/{plant}/{point}", "dead_letter_codes": [135, 16]},
+    ]
+    doc["publisher"]["mqtt"]["proxy"] = {"host": "proxy.plant", "port": 3128, "username": "gw"}  # type: ignore[index]
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    text = str(info.value)
+    assert "publisher.destinations.0.sitewise.alias: Value error, unknown placeholder(s) ['plant']" in text
+    assert "[16] are not MQTT 5 failure reason codes" in text
+    assert "publisher.mqtt.proxy: Value error, username and password_file go together" in text
