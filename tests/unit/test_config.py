@@ -137,3 +137,8 @@ def test_destinations_of_both_types_with_basic_ingest_topics_and_their_checks() 
     assert "publisher.destinations.0.sitewise.alias: Value error, unknown placeholder(s) ['plant']" in text
     assert "[16] are not MQTT 5 failure reason codes" in text
     assert "publisher.mqtt.proxy: Value error, username and password_file go together" in text
+
+
+def test_the_documented_example_is_valid() -> None:
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "gateway.yaml")
+    assert [d.type for d in cfg.publisher.destinations] == ["iotcore", "sitewise"]
