@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from edge_gateway.config import MqttSettings
+from edge_gateway.buffer.base import Buffer
+from edge_gateway.config import DestinationBase, MqttSettings
+from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.publisher import Publisher, encoder_for
 from simulators.iot_core import MosquittoBroker, Pki
 
 THING = "test-gateway"
@@ -99,6 +103,33 @@ class Consumer:
                         await self._arrived.wait()
                 except TimeoutError:
                     pass
+
+
+@contextlib.asynccontextmanager
+async def running_publisher(
+    dest: DestinationBase, buffer: Buffer, pki: Pki, broker: MosquittoBroker, dead_letter: Path, *, flow_control: bool
+) -> AsyncIterator[Publisher]:
+    """A Publisher draining ``buffer`` to the broker over its own transport; stopped (and the buffer closed) on exit."""
+    transport = MqttTransport(mqtt_settings(pki, broker, iot_core_flow_control=flow_control), f"{THING}-gateway")
+    await transport.start()
+    await transport.wait_connected(10)
+    publisher = Publisher(
+        dest,
+        buffer,
+        transport,
+        encoder=encoder_for(dest, THING),
+        dead_letter=DeadLetterFile(dead_letter),
+        flow_control=flow_control,
+    )
+    running = asyncio.create_task(publisher.run())
+    try:
+        yield publisher
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await transport.stop()
+        await buffer.close()
 
 
 def start_sim(module: str, port: int, tick_ms: int = 100) -> subprocess.Popen[str]:

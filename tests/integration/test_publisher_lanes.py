@@ -8,7 +8,6 @@ the backlog is still draining, and in the end every reading of both arrives: non
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -16,11 +15,8 @@ from pathlib import Path
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.config import IotCoreDestination
 from edge_gateway.model import Quality, Reading
-from edge_gateway.publish.deadletter import DeadLetterFile
-from edge_gateway.publish.mqtt import MqttTransport
-from edge_gateway.publish.publisher import Publisher, iotcore_encoder
 from simulators.iot_core import MosquittoBroker, Pki
-from tests.support import THING, Consumer, mqtt_settings
+from tests.support import Consumer, running_publisher
 
 BACKLOG = 250_000
 LIVE_EVERY_S = 0.1
@@ -51,21 +47,10 @@ async def test_new_readings_arrive_within_the_latency_bound_while_an_old_backlog
     for start in range(0, BACKLOG, 10_000):
         await buffer.append([_reading("plc.backlog", i, hour_ago + i * 10**6) for i in range(start, start + 10_000)])
 
-    transport = MqttTransport(mqtt_settings(pki, broker, iot_core_flow_control=True), f"{THING}-gateway")
-    await transport.start()
-    await transport.wait_connected(10)
     dest = IotCoreDestination(type="iotcore", name="cloud", max_latency_ms=LATENCY_MS)
-    publisher = Publisher(
-        dest,
-        buffer,
-        transport,
-        encoder=iotcore_encoder(dest, THING),
-        dead_letter=DeadLetterFile(tmp_path / "dead-letter.jsonl"),
-        flow_control=True,
-    )
-    running = asyncio.create_task(publisher.run())
     live = 0
-    try:
+    dead_letter = tmp_path / "dead-letter.jsonl"
+    async with running_publisher(dest, buffer, pki, broker, dead_letter, flow_control=True) as publisher:
         async with asyncio.timeout(90):
             while len(seen["backlog"]) < BACKLOG or live < 100:
                 await buffer.append([_reading("plc.live", live, time.time_ns())])
@@ -74,12 +59,6 @@ async def test_new_readings_arrive_within_the_latency_bound_while_an_old_backlog
         async with asyncio.timeout(10):
             while len(seen["live"]) < live:
                 await asyncio.sleep(0.05)
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await transport.stop()
-        await buffer.close()
 
     backlog_done = max(t for t, _, _ in arrivals["backlog"])
     during = [(t, ts) for t, _, ts in arrivals["live"] if t < backlog_done - 1.0]

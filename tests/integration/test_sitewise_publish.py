@@ -4,7 +4,6 @@ Mosquitto (mTLS); what SiteWise would refuse goes to the dead-letter file, never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -13,11 +12,8 @@ from typing import Any
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.config import SiteWiseDestination
 from edge_gateway.model import Quality, Reading
-from edge_gateway.publish.deadletter import DeadLetterFile
-from edge_gateway.publish.mqtt import MqttTransport
-from edge_gateway.publish.publisher import Publisher, encoder_for
 from simulators.iot_core import MosquittoBroker, Pki
-from tests.support import THING, Consumer, mqtt_settings
+from tests.support import THING, Consumer, running_publisher
 
 DAY_NS = 86_400 * 10**9
 
@@ -36,26 +32,15 @@ async def test_sitewise_values_arrive_in_the_batch_put_shape_and_out_of_window_o
 
     received: list[tuple[str, dict[str, Any]]] = []
     await consumer.transport.subscribe("$aws/rules/#", lambda t, p: received.append((t, json.loads(p))))
-    transport = MqttTransport(mqtt_settings(pki, broker), f"{THING}-gateway")
-    await transport.start()
-    await transport.wait_connected(10)
     dest = SiteWiseDestination(type="sitewise", name="sitewise", max_latency_ms=100)
-    dead_letter = DeadLetterFile(tmp_path / "dead-letter.jsonl")
-    publisher = Publisher(dest, buffer, transport, encoder=encoder_for(dest, THING), dead_letter=dead_letter)
-    running = asyncio.create_task(publisher.run())
-    try:
+    dead_letter = tmp_path / "dead-letter.jsonl"
+    async with running_publisher(dest, buffer, pki, broker, dead_letter, flow_control=False) as publisher:
         async with asyncio.timeout(30):
             while buffer.stats().unacked["sitewise"]:
                 await asyncio.sleep(0.05)
         async with asyncio.timeout(10):
             while publisher.status.points > sum(_count(d) for _, d in received):
                 await asyncio.sleep(0.05)
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await transport.stop()
-        await buffer.close()
 
     by_alias: dict[str, list[tuple[int, Any]]] = {}
     for topic, doc in received:
@@ -71,7 +56,7 @@ async def test_sitewise_values_arrive_in_the_batch_put_shape_and_out_of_window_o
         assert topic == f"$aws/rules/edge_sitewise_{field.removesuffix('Value')}/{THING}/press"  # a rule per type
     assert by_alias[f"/{THING}/press/press.temp"] == [(r.ts_ns, r.value) for r in good]
     assert by_alias[f"/{THING}/press/press.count"] == [(r.ts_ns, r.value) for r in counters]
-    lines = [json.loads(line) for line in (tmp_path / "dead-letter.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in dead_letter.read_text().splitlines()]
     reasons = {(e["value"], e["quality"]): e["reason"] for e in lines}
     assert set(reasons) == {(1.5, "GOOD"), (2.5, "GOOD"), (None, "BAD")}
     assert "7 days" in reasons[1.5, "GOOD"]
