@@ -246,6 +246,8 @@ class StatusSettings(_Model):
     # MQTT presence: "online" on every connect, "stopped" on a clean shutdown, and the Last Will
     # "offline" the broker sends when the connection dies uncleanly. Placeholder: {thing}.
     topic: str = Field(default="dt/{thing}/status", min_length=1)
+    # The status snapshot is also sent on that topic every heartbeat_s (and after every connect).
+    heartbeat_s: float = Field(default=60.0, ge=1, le=86_400)
 
     @field_validator("topic")
     @classmethod

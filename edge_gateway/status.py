@@ -11,7 +11,7 @@ Document, format version 1::
      "destinations": {<name>: {"messages", "points", "payload_bytes", "failures", "rejected_points",
                                "in_flight", "last_error", "points_per_s"}}}
 
-Rates are computed between two snapshots. The cloud heartbeat (a later issue) reuses this snapshot.
+Rates are computed between two snapshots. The MQTT heartbeat (publish/presence.py) sends the newest one.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class StatusReporter:
         self.interval_s = interval_s
         self._started = time.monotonic()
         self._last: tuple[float, dict[str, int], dict[str, int]] | None = None
+        self.latest: dict[str, Any] | None = None  # the newest snapshot, also what the heartbeat sends
 
     def snapshot(self) -> dict[str, Any]:
         gw = self.gateway
@@ -88,7 +89,8 @@ class StatusReporter:
         }
 
     async def write_once(self) -> None:
-        doc = json.dumps(self.snapshot(), indent=1).encode()
+        self.latest = self.snapshot()
+        doc = json.dumps(self.latest, indent=1).encode()
         try:
             await asyncio.to_thread(_atomic_write, self.path, doc)
         except OSError as exc:

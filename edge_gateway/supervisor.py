@@ -102,7 +102,14 @@ class Gateway:
         self.config = config
         self.thing = config.gateway.thing_name
         self.buffer = make_buffer(config)
-        self.presence = Presence(config.status_topic, self.thing, config.client_id)
+        self.status = StatusReporter(self, config.status_path, config.status.interval_s)
+        self.presence = Presence(
+            config.status_topic,
+            self.thing,
+            config.client_id,
+            heartbeat_s=config.status.heartbeat_s,
+            snapshot=lambda: self.status.latest,
+        )
         self.transport = MqttTransport(config.publisher.mqtt, config.client_id, will=self.presence.will)
         self.presence.attach(self.transport)
         self.sources = [SOURCE_TYPES[type(s)](s) for s in config.sources]
@@ -121,7 +128,6 @@ class Gateway:
             )
             for d in config.publisher.destinations
         ]
-        self.status = StatusReporter(self, config.status_path, config.status.interval_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         sink = BufferSink(self.buffer)
@@ -141,6 +147,7 @@ class Gateway:
                 ]
                 back.append(tg.create_task(self._maintain(), name="buffer:maintain"))
                 back.append(tg.create_task(self.status.run(), name="status"))
+                back.append(tg.create_task(self.presence.run(self.transport), name="heartbeat"))
                 front = [
                     tg.create_task(
                         _restarting(f"source:{s.name}", lambda s=s: s.run(sink)),  # type: ignore[misc]

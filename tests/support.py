@@ -76,9 +76,14 @@ class Consumer:
         """The data messages (not the gateway's presence on its status topic)."""
         return [json.loads(p) for t, p in self.messages if not t.endswith("/status")]
 
+    def status_docs(self, kind: str) -> list[dict[str, Any]]:
+        """The gateway's messages on its status topic of one kind (presence or heartbeat), in arrival order."""
+        docs = [json.loads(p) for t, p in self.messages if t.endswith("/status")]
+        return [d for d in docs if d["kind"] == kind]
+
     def presence(self) -> list[str]:
         """The gateway's presence states (online, offline, stopped), in arrival order."""
-        return [json.loads(p)["state"] for t, p in self.messages if t.endswith("/status")]
+        return [d["state"] for d in self.status_docs("presence")]
 
     def values(self, alias: str) -> list[Any]:
         """Every value received for one alias, in arrival order (duplicates included)."""

@@ -1,11 +1,16 @@
-"""Presence on the status topic: ``online`` on every connect, ``stopped`` on a clean shutdown, and the MQTT 5
-Last Will ``offline`` that the broker publishes when the connection dies without a DISCONNECT.
+"""Presence and heartbeat on the status topic.
 
-Message (JSON, format ``v`` 1): ``{"v":1,"gw":<thing>,"state":"online"|"offline"|"stopped",
-"client_id":..., "version":..., "started":<epoch s>}`` plus ``"time"`` (epoch s, when sent) except in the
-Last Will, which the broker holds from the moment of connecting. Not retained (IoT Core bills retained
-messages); a cloud rule or a subscriber keeps the last state. Presence is sent QoS 1 outside the data
-backlog: it never waits behind buffered readings.
+- Presence: ``online`` on every connect, ``stopped`` on a clean shutdown, and the MQTT 5 Last Will
+  ``offline`` that the broker publishes when the connection dies without a DISCONNECT.
+- Heartbeat: every ``heartbeat_s`` while connected, and right after each ``online`` (so after an outage the
+  first thing the cloud sees is a fresh status), the newest status snapshot (status.py).
+
+Message (JSON, format ``v`` 1): ``{"v":1,"kind":"presence"|"heartbeat","gw":<thing>,"state":"online"|
+"offline"|"stopped","client_id":..., "version":..., "started":<epoch s>}`` plus ``"time"`` (epoch s, when
+sent) except in the Last Will, which the broker holds from the moment of connecting; a heartbeat adds
+``"status"``: the snapshot. Not retained (IoT Core bills retained messages). Sent QoS 1 outside the data
+backlog: never queued behind buffered readings, and latest wins: nothing is sent while disconnected (no
+stale heartbeats pile up) and a heartbeat is skipped while the previous one is still unacknowledged.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from edge_gateway import __version__
 from edge_gateway.errors import PublishError
@@ -24,16 +31,32 @@ FORMAT_VERSION = 1
 
 
 class Presence:
-    def __init__(self, topic: str, thing: str, client_id: str) -> None:
+    def __init__(
+        self,
+        topic: str,
+        thing: str,
+        client_id: str,
+        *,
+        heartbeat_s: float = 60.0,
+        snapshot: Callable[[], dict[str, Any] | None] = lambda: None,
+    ) -> None:
         self.topic = topic
+        self.heartbeat_s = heartbeat_s
+        self.snapshot = snapshot
+        self.heartbeats = 0  # acknowledged by the broker
         self._base = {"v": FORMAT_VERSION, "gw": thing, "client_id": client_id, "version": __version__}
         self._started = round(time.time(), 3)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._beating = False
 
-    def message(self, state: str, *, timed: bool = True) -> bytes:
-        doc: dict[str, object] = {**self._base, "state": state, "started": self._started}
+    def message(self, state: str, *, timed: bool = True, status: dict[str, Any] | None = None) -> bytes:
+        kind = "presence" if status is None else "heartbeat"
+        doc: dict[str, object] = {"v": FORMAT_VERSION, "kind": kind, **self._base, "state": state}
+        doc["started"] = self._started
         if timed:
             doc["time"] = round(time.time(), 3)
+        if status is not None:
+            doc["status"] = status
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @property
@@ -45,7 +68,7 @@ class Presence:
         return self.topic, self.message("stopped")
 
     def attach(self, transport: MqttTransport) -> None:
-        """Announce ``online`` after every connect of ``transport``."""
+        """Announce ``online``, then a fresh heartbeat, after every connect of ``transport``."""
 
         def announce() -> None:
             task = asyncio.get_running_loop().create_task(self._announce(transport), name="presence:online")
@@ -59,3 +82,23 @@ class Presence:
             await transport.publish(self.topic, self.message("online"))
         except PublishError as exc:
             _log.warning("presence: 'online' on %s not delivered: %s", self.topic, exc)
+        await self.beat(transport)
+
+    async def beat(self, transport: MqttTransport) -> None:
+        """One heartbeat now, unless disconnected, nothing to say yet, or the previous one is unacknowledged."""
+        status = self.snapshot()
+        if status is None or self._beating or not transport.connected:
+            return
+        self._beating = True
+        try:
+            await transport.publish(self.topic, self.message("online", status=status))
+            self.heartbeats += 1
+        except PublishError as exc:
+            _log.debug("heartbeat on %s not delivered: %s", self.topic, exc)
+        finally:
+            self._beating = False
+
+    async def run(self, transport: MqttTransport) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self.beat(transport)

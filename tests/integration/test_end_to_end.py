@@ -74,10 +74,51 @@ async def test_presence_online_then_offline_on_kill_then_stopped_on_a_clean_stop
     await consumer.wait_for(lambda: len(consumer.presence()) == 4, 10)
     await asyncio.sleep(1.0)  # a Last Will would follow the DISCONNECT at once
     assert consumer.presence() == ["online", "offline", "online", "stopped"]  # and no Last Will after it
-    docs = [json.loads(p) for t, p in consumer.messages if t == STATUS]
+    docs = consumer.status_docs("presence")
     assert all(d["v"] == 1 and d["gw"] == "test-gateway" and d["client_id"] == "test-gateway-gateway" for d in docs)
     assert "time" not in docs[1]  # the Last Will was set at connect time
     assert docs[2]["started"] > docs[0]["started"]  # a new process
+
+
+async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_arrived(
+    tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int], consumer: Consumer
+) -> None:
+    config = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
+    config["status"]["heartbeat_s"] = 1
+    gateway = GatewayProcess(config, tmp_path)
+    received: list[tuple[str, int]] = []  # (kind, data points received so far) in arrival order
+    beats: list[dict[str, Any]] = []
+
+    def on_message(_topic: str, payload: bytes) -> None:
+        doc = json.loads(payload)
+        seen = received[-1][1] if received else 0
+        received.append(("data", seen + int(doc["n"])) if "n" in doc else (doc["kind"], seen))
+        if doc.get("kind") == "heartbeat":
+            beats.append(doc)
+
+    await consumer.transport.subscribe("dt/#", on_message)
+    gateway.start()
+    try:
+        async with asyncio.timeout(30):
+            while len(beats) < 6:
+                await asyncio.sleep(0.1)
+    finally:
+        gateway.stop()
+    gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(beats[1:])]  # the first follows the connect
+    assert all(0.5 < g < 3.0 for g in gaps), gaps
+    for beat in beats:
+        assert beat["state"] == "online"
+        assert beat["gw"] == THING
+        status = beat["status"]
+        assert set(status["sources"]) == {"press", "boiler"}
+        assert status["buffer"]["dropped"] == {"full": 0, "expired": 0, "corrupt": 0, "io_error": 0}
+    # What a heartbeat says was acknowledged had arrived at the subscriber by the next heartbeat.
+    received_at = [seen for kind, seen in received if kind == "heartbeat"]
+    acked = [b["status"]["destinations"]["cloud"]["points"] for b in beats]
+    assert acked == sorted(acked)
+    assert acked[-1] > 0
+    for said, later in zip(acked, received_at[1:], strict=False):
+        assert later >= said
 
 
 def test_invalid_config_names_the_field_and_starts_nothing(tmp_path: Path, pki: Pki, broker: MosquittoBroker) -> None:
