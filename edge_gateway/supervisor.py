@@ -128,6 +128,8 @@ class Gateway:
             )
             for d in config.publisher.destinations
         ]
+        for p in self.publishers:
+            self.transport.on_connect(p.connection_restored)
 
     async def run(self, stop: asyncio.Event) -> None:
         sink = BufferSink(self.buffer)

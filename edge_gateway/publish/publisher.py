@@ -7,7 +7,8 @@ A publisher MUST (DESIGN.md §3):
 - keep at most ``max_in_flight`` messages unacknowledged (the awscrt offline queue is unbounded: the
   durable buffer is the queue, not the client's memory);
 - retry a failed message with exponential backoff and full jitter, never in a hot loop (one schedule shared
-  by all failing messages, so they retry together and delivery order survives most failures);
+  by all failing messages, so they retry together and delivery order survives most failures); a reconnect
+  of the transport (``connection_restored``) ends every wait at once and starts the schedule over;
 - never retry what can never succeed: a message the broker refuses for good (``PublishError.retryable``
   false: not authorized, topic invalid, packet too large, payload format invalid) goes to the dead-letter
   file with the reason, is counted (``rejected_points``), logged once per kind of refusal, and its range is
@@ -19,6 +20,7 @@ A publisher MUST (DESIGN.md §3):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -138,6 +140,7 @@ class Publisher:
         self._backlog_lane = asyncio.Semaphore(max(1, backlog))
         self._failing = False
         self._retry_at = 0.0
+        self._reconnected = asyncio.Event()
 
     async def run(self) -> None:
         # Whatever a previous run handed out but never got acked is due again.
@@ -265,7 +268,17 @@ class Publisher:
         now = loop.time()
         if self._retry_at <= now:
             self._retry_at = now + self._backoff.next_delay()
-        await asyncio.sleep(self._retry_at - now)
+        reconnected = self._reconnected
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._retry_at - now):
+                await reconnected.wait()
+
+    def connection_restored(self) -> None:
+        """The transport reconnected: whatever waits to retry goes now, and the backoff starts over."""
+        self._backoff.reset()
+        self._retry_at = 0.0
+        self._reconnected.set()
+        self._reconnected = asyncio.Event()
 
     def _succeed(self, msg: Message) -> None:
         s = self.status
