@@ -46,6 +46,7 @@ _BACKLOG_MIN_AGE_S = 5.0
 _LIVE_RESERVE = 2  # in-flight slots a draining backlog leaves to the live lane
 _FLOW_BYTES_PER_S = 512 * 1024  # IoT Core per-connection throughput, paced by awscrt's flow control
 _BACKLOG_QUEUE_S = 0.5
+_FILL = 0.97  # a batch aims just under one full message: one message per batch, not one and a bit
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ class Publisher:
         self._failing = False
         self._retry_at = 0.0
         self._reconnected = asyncio.Event()
+        self._bytes_per_point = 12.0  # learnt from what the encoder makes
 
     async def run(self) -> None:
         # Whatever a previous run handed out but never got acked is due again.
@@ -195,6 +197,7 @@ class Publisher:
     async def _send(self, tg: asyncio.TaskGroup, records: list[Record], lane: asyncio.Semaphore | None) -> None:
         """Encode and dispatch; every message takes a slot of the in-flight window (and of ``lane`` if given)."""
         encoded = self.encoder(records)
+        self._learn_size(encoded, len(records))
         if encoded.rejected:
             await self._set_aside(encoded.rejected)
         batch = _Batch(records[0].seq, records[-1].seq, len(encoded.messages))
@@ -211,28 +214,36 @@ class Publisher:
     async def _next_batch(self, lane: str, end_seq: int | None, wait_s: float) -> list[Record]:
         """Wait up to ``wait_s`` for data (forever when it is _IDLE_WAIT_S), then gather until the batch is
         full or the oldest record waited max_latency; [] if nothing came."""
+        target = self._batch_records()
         records: list[Record] = []
         while not records:
-            records = await self.buffer.read(self.name, _READ_RECORDS, wait_s, lane=lane, end_seq=end_seq)
+            records = await self.buffer.read(self.name, min(_READ_RECORDS, target), wait_s, lane=lane, end_seq=end_seq)
             if wait_s != _IDLE_WAIT_S:
                 break
         if not records:
             return records
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.dest.max_latency_ms / 1000
-        while len(records) < self._batch_records():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+        while len(records) < target:
+            # A bounded lane (a backlog up to its split) has everything on disk already: never wait for more.
+            remaining = 0.0 if end_seq is not None else deadline - loop.time()
+            if remaining < 0:
                 break
-            more = await self.buffer.read(self.name, _READ_RECORDS, remaining, lane=lane, end_seq=end_seq)
+            want = min(_READ_RECORDS, target - len(records))
+            more = await self.buffer.read(self.name, want, remaining, lane=lane, end_seq=end_seq)
             if not more:
                 break
             records.extend(more)
         return records
 
     def _batch_records(self) -> int:
-        # Enough records to fill every in-flight slot with a full message at ~12 bytes per point.
-        return max(_READ_RECORDS, self.dest.max_message_bytes // 12)
+        """Records for one full message, from the bytes per point the encoder produced so far."""
+        return max(100, int(self.dest.max_message_bytes * _FILL / self._bytes_per_point))
+
+    def _learn_size(self, encoded: Encoded, records: int) -> None:
+        size = sum(len(m.payload) for m in encoded.messages)
+        if records >= 100 and size:  # noqa: PLR2004 - tiny batches say little about the steady size
+            self._bytes_per_point = 0.8 * self._bytes_per_point + 0.2 * size / records
 
     async def _deliver(
         self, msg: Message, batch: _Batch, lane: asyncio.Semaphore | None, expires_ns: int | None
