@@ -8,8 +8,8 @@ epoch; ``source_ts_ns`` comes from the PLC when it has one, ``gateway_ts_ns`` is
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 Value = bool | int | float | str | None
 
@@ -20,8 +20,10 @@ class Quality(StrEnum):
     BAD = "BAD"
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    """A NamedTuple, not a dataclass: millions are built per minute on the buffer's read path, and a tuple
+    is built in half the time of a frozen dataclass."""
+
     source: str
     point: str
     value: Value

@@ -25,15 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from edge_gateway.model import Reading
 
 DROP_REASONS = ("full", "expired", "corrupt", "io_error")
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     seq: int
     reading: Reading
 

@@ -50,7 +50,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -709,7 +709,7 @@ def _encode(r: Reading) -> bytes:
         return encode_reading(r)
     except (TypeError, ValueError) as exc:
         _log.warning("buffer: %s/%s value cannot be stored (%s); stored as BAD", r.source, r.point, exc)
-        return encode_reading(replace(r, value=None, quality=Quality.BAD, status=f"unstorable value: {exc}"))
+        return encode_reading(r._replace(value=None, quality=Quality.BAD, status=f"unstorable value: {exc}"))
 
 
 def _fsync_dir(path: Path) -> None:
