@@ -184,6 +184,19 @@ def open_buffer(path: Path) -> DiskBuffer:
     return DiskBuffer(path, [DEST], max_bytes=8 << 30)
 
 
+def _publisher(
+    dest: IotCoreDestination, buffer: DiskBuffer, transport: MqttTransport, path: Path, *, flow_control: bool
+) -> Publisher:
+    return Publisher(
+        dest,
+        buffer,
+        transport,
+        encoder=iotcore_encoder(dest, THING),
+        dead_letter=DeadLetterFile(path / "dead-letter.jsonl"),
+        flow_control=flow_control,
+    )
+
+
 async def fill(buffer: DiskBuffer, points: int) -> float:
     """Append ``points`` readings that end a minute ago (so the publisher sees a backlog); seconds taken."""
     end_ns = time.time_ns() - 60 * 10**9
@@ -220,14 +233,7 @@ async def drain(
         try:
             await transport.wait_connected(10)
             dest = IotCoreDestination(type="iotcore", name=DEST, max_message_bytes=max_message_bytes)
-            publisher = Publisher(
-                dest,
-                buffer,
-                transport,
-                encoder=iotcore_encoder(dest, THING),
-                dead_letter=DeadLetterFile(path / "dead-letter.jsonl"),
-                flow_control=flow_control,
-            )
+            publisher = _publisher(dest, buffer, transport, path, flow_control=flow_control)
             status = publisher.status
             b0, c0, start_ns = _cpu_seconds(broker.pid), time.process_time(), time.time_ns()
             async with asyncio.TaskGroup() as tg:
@@ -300,14 +306,7 @@ async def latency(work: Path, pki: Pki, broker: MosquittoBroker, warmup_s: float
         await transport.start()
         await transport.wait_connected(10)
         dest = IotCoreDestination(type="iotcore", name=DEST)  # default max_latency_ms (1000)
-        publisher = Publisher(
-            dest,
-            buffer,
-            transport,
-            encoder=iotcore_encoder(dest, THING),
-            dead_letter=DeadLetterFile(path / "dead-letter.jsonl"),
-            flow_control=True,
-        )
+        publisher = _publisher(dest, buffer, transport, path, flow_control=True)
         loop = asyncio.get_running_loop()
         warmup_ticks = round(warmup_s * 1e9 / SAMPLE_NS)
         ticks = warmup_ticks + round(seconds * 1e9 / SAMPLE_NS)
