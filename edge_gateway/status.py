@@ -4,6 +4,9 @@
 Document, format version 1::
 
     {"v": 1, "time": <unix s>, "gateway": {"thing", "version", "pid", "uptime_s", "client_id"},
+     "host": {"cpu_percent" (this process, of one core, since the last snapshot), "rss_mb",
+              "disk_free_mb" (on the buffer's volume), "load_1m", "temperature_c" (None when the board
+              has no thermal sensor)},
      "mqtt": {"connected", ...transport counters},
      "sources": {<name>: {"state", "readings", "bad_readings", "errors", "errors_by_kind", "reconnects",
                           "last_good_age_s", "last_error", "points_per_s"}},
@@ -21,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +47,7 @@ class StatusReporter:
         self._started = time.monotonic()
         self._last: tuple[float, dict[str, int], dict[str, int]] | None = None
         self.latest: dict[str, Any] | None = None  # the newest snapshot, also what the heartbeat sends
+        self._cpu_last: tuple[float, float] | None = None  # (monotonic, process CPU seconds)
 
     def snapshot(self) -> dict[str, Any]:
         gw = self.gateway
@@ -81,11 +86,29 @@ class StatusReporter:
                 "uptime_s": round(now_mono - self._started, 1),
                 "client_id": gw.config.client_id,
             },
+            "host": self._host(now_mono),
             "mqtt": gw.transport.status_dict(),
             "sources": sources,
             "buffer": dataclasses.asdict(gw.buffer.stats()),
             "destinations": destinations,
             "dead_letter": {"path": str(gw.dead_letter.path), **dataclasses.asdict(gw.dead_letter.stats)},
+        }
+
+    def _host(self, now_mono: float) -> dict[str, Any]:
+        cpu = time.process_time()
+        percent = None
+        if self._cpu_last is not None and now_mono > self._cpu_last[0]:
+            percent = round(100 * (cpu - self._cpu_last[1]) / (now_mono - self._cpu_last[0]), 1)
+        self._cpu_last = (now_mono, cpu)
+        data_dir = self.gateway.config.buffer_path
+        while not data_dir.exists() and data_dir != data_dir.parent:
+            data_dir = data_dir.parent
+        return {
+            "cpu_percent": percent,
+            "rss_mb": _rss_mb(),
+            "disk_free_mb": round(shutil.disk_usage(data_dir).free / 1e6, 1),
+            "load_1m": round(os.getloadavg()[0], 2),
+            "temperature_c": _temperature_c(),
         }
 
     async def write_once(self) -> None:
@@ -102,6 +125,24 @@ class StatusReporter:
             await asyncio.sleep(self.interval_s)
 
 
+def _rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _temperature_c() -> float | None:
+    """The SoC/board temperature where the kernel exposes one (Raspberry Pi, most industrial PCs)."""
+    try:
+        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000, 1)
+    except (OSError, ValueError):
+        return None
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -113,10 +154,16 @@ def render(doc: dict[str, Any]) -> str:
     """A plain-text table of a status document, for `edge-gateway status`."""
     gw, buf, mqtt = doc["gateway"], doc["buffer"], doc["mqtt"]
     age = time.time() - doc["time"]
+    host = doc.get("host", {})
     lines = [
         (
             f"gateway {gw['thing']}  v{gw['version']}  pid {gw['pid']}  up {gw['uptime_s']:.0f} s"
             f"  (status {age:.1f} s old)"
+        ),
+        (
+            f"host    cpu {_or_dash(host.get('cpu_percent'), '%')}  rss {_or_dash(host.get('rss_mb'), ' MB')}  "
+            f"disk free {_or_dash(host.get('disk_free_mb'), ' MB')}  load {_or_dash(host.get('load_1m'))}  "
+            f"temp {_or_dash(host.get('temperature_c'), ' C')}"
         ),
         f"mqtt    {'connected' if mqtt.get('connected') else 'DISCONNECTED'}  client {gw['client_id']}"
         + (f"  last error: {mqtt['last_error']}" if mqtt.get("last_error") else ""),
@@ -144,6 +191,10 @@ def render(doc: dict[str, Any]) -> str:
         if d.get("last_error"):
             lines.append(f"  last error: {d['last_error']}")
     return "\n".join(lines)
+
+
+def _or_dash(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value}{unit}"
 
 
 def _nonzero(counts: dict[str, int]) -> str:

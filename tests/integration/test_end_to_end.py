@@ -102,8 +102,18 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
         async with asyncio.timeout(30):
             while len(beats) < 6:
                 await asyncio.sleep(0.1)
+        table = subprocess.run(
+            [sys.executable, "-m", "edge_gateway", "status", "--config", str(gateway.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     finally:
         gateway.stop()
+    assert "host    cpu " in table
+    assert "press" in table
+    assert "boiler" in table
     gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(beats[1:])]  # the first follows the connect
     assert all(0.5 < g < 3.0 for g in gaps), gaps
     for beat in beats:
@@ -112,6 +122,14 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
         status = beat["status"]
         assert set(status["sources"]) == {"press", "boiler"}
         assert status["buffer"]["dropped"] == {"full": 0, "expired": 0, "corrupt": 0, "io_error": 0}
+        host = status["host"]
+        assert host["rss_mb"] > 10
+        assert host["disk_free_mb"] > 0
+        assert host["load_1m"] >= 0
+    cpu = [b["status"]["host"]["cpu_percent"] for b in beats]
+    assert cpu[0] is None or cpu[0] >= 0  # the very first snapshot has no interval to measure over
+    assert [c for c in cpu[1:] if c is not None]
+    assert all(c >= 0 for c in cpu[1:] if c is not None)
     # What a heartbeat says was acknowledged had arrived at the subscriber by the next heartbeat.
     received_at = [seen for kind, seen in received if kind == "heartbeat"]
     acked = [b["status"]["destinations"]["cloud"]["points"] for b in beats]
