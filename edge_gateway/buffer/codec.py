@@ -53,5 +53,7 @@ def decode_readings(payloads: list[bytes]) -> list[Reading]:
     if not payloads:
         return []
     rows = json.loads(b"[" + b",".join(payloads) + b"]")
-    q = _QUALITIES
-    return [Reading(s, p, v, q[quality], gw, src, st) for s, p, v, quality, gw, src, st in rows]
+    q, new = _QUALITIES, tuple.__new__
+    for row in rows:
+        row[3] = q[row[3]]
+    return [new(Reading, row) for row in rows]  # Reading(*row) without the NamedTuple's Python-level __new__

@@ -498,7 +498,8 @@ class DiskBuffer:
         with self._meta:
             cursor.next_seq = seq
         readings = decode_readings([payload for _, payload in found])
-        return [Record(rec_seq, r) for (rec_seq, _), r in zip(found, readings, strict=True)]
+        new = tuple.__new__  # Record(seq, reading) without the NamedTuple's Python-level __new__
+        return [new(Record, (rec_seq, r)) for (rec_seq, _), r in zip(found, readings, strict=True)]
 
     def _read_segment(self, seg: _Segment, size: int, start: tuple[int, int], want: _Want) -> tuple[int, int]:
         """Append records >= seq from one segment to ``want.found``; return (next seq, its byte offset).
@@ -509,35 +510,39 @@ class DiskBuffer:
         seq, offset = start
         scan_seq = seg.first_seq if offset == 0 else seq
         sparse = bool(want.acks.ranges)
+        # The loop below runs once per record on the drain path: names are bound locally on purpose.
+        found, limit, stop_at = want.found, want.limit, want.end
+        unpack, crc32, hsize = HEADER.unpack_from, zlib.crc32, HEADER.size
         try:
             with seg.path.open("rb") as f:
-                while offset + HEADER.size <= size and len(want.found) < want.limit:
+                while offset + hsize <= size and len(found) < limit:
                     f.seek(offset)
                     chunk = f.read(min(_READ_CHUNK, size - offset))
                     view = memoryview(chunk)
-                    pos = 0
-                    while pos + HEADER.size <= len(chunk) and len(want.found) < want.limit:
-                        length, crc, rec_seq = HEADER.unpack_from(chunk, pos)
-                        if rec_seq >= want.end and rec_seq == scan_seq:
-                            return rec_seq, offset + pos  # the lane ends here; the cursor points at it
-                        end = pos + HEADER.size + length
+                    pos, n, room = 0, len(chunk), limit - len(found)
+                    while pos + hsize <= n and room:
+                        length, crc, rec_seq = unpack(chunk, pos)
+                        end = pos + hsize + length
                         if rec_seq != scan_seq or length > _MAX_RECORD or offset + end > size:
                             self._quarantine(seg, f"record {scan_seq} has a bad header at byte {offset + pos}")
                             return seg.last_seq + 1, 0
-                        if end > len(chunk):
+                        if rec_seq >= stop_at:
+                            return rec_seq, offset + pos  # the lane ends here; the cursor points at it
+                        if end > n:
                             if pos == 0:  # a single record larger than the chunk
                                 view.release()
-                                chunk += f.read(end - len(chunk))
-                                view = memoryview(chunk)
+                                chunk += f.read(end - n)
+                                view, n = memoryview(chunk), len(chunk)
                             else:
                                 break
                         # seq is never inside the acked prefix; only acked ranges beyond it need a look-up.
                         if rec_seq >= seq and (not sparse or want.acks.next_unacked(rec_seq) == rec_seq):
                             # The header ends with the seq, so seq + payload are contiguous: one CRC call.
-                            if zlib.crc32(view[pos + _SEQ_AT : end]) != crc:
+                            if crc32(view[pos + _SEQ_AT : end]) != crc:
                                 self._quarantine(seg, f"record {rec_seq} fails its CRC at byte {offset + pos}")
                                 return seg.last_seq + 1, 0
-                            want.found.append((rec_seq, chunk[pos + HEADER.size : end]))
+                            found.append((rec_seq, chunk[pos + hsize : end]))
+                            room -= 1
                         pos = end
                         scan_seq += 1
                     offset += pos
