@@ -6,7 +6,7 @@ Document, format version 1::
     {"v": 1, "time": <unix s>, "gateway": {"thing", "version", "pid", "uptime_s", "client_id"},
      "host": {"cpu_percent" (this process, of one core, since the last snapshot), "rss_mb",
               "disk_free_mb" (on the buffer's volume), "load_1m", "temperature_c" (None when the board
-              has no thermal sensor)},
+              has no thermal sensor), "clock_synchronised" (the kernel's NTP state; None if unknown)},
      "mqtt": {"connected", ...transport counters},
      "sources": {<name>: {"state", "readings", "bad_readings", "errors", "errors_by_kind", "reconnects",
                           "last_good_age_s", "last_error", "points_per_s"}},
@@ -20,6 +20,8 @@ Rates are computed between two snapshots. The MQTT heartbeat (publish/presence.p
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import logging
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+_TIMEX_BYTES = 1024  # larger than struct timex on every Linux ABI
 
 
 class StatusReporter:
@@ -109,6 +113,7 @@ class StatusReporter:
             "disk_free_mb": round(shutil.disk_usage(data_dir).free / 1e6, 1),
             "load_1m": round(os.getloadavg()[0], 2),
             "temperature_c": _temperature_c(),
+            "clock_synchronised": clock_synchronised(),
         }
 
     async def write_once(self) -> None:
@@ -123,6 +128,21 @@ class StatusReporter:
         while True:
             await self.write_once()
             await asyncio.sleep(self.interval_s)
+
+
+def clock_synchronised() -> bool | None:
+    """Whether the kernel says the system clock is synchronised (adjtimex, read-only); None off Linux.
+
+    TLS needs a valid clock and readings carry the gateway's timestamps: an unsynchronised clock is worth
+    telling the operator about.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        timex = ctypes.create_string_buffer(_TIMEX_BYTES)  # modes = 0: only read the state
+        state = int(libc.adjtimex(timex))
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != _TIME_ERROR
 
 
 def _rss_mb() -> float | None:
@@ -164,6 +184,7 @@ def render(doc: dict[str, Any]) -> str:
             f"host    cpu {_or_dash(host.get('cpu_percent'), '%')}  rss {_or_dash(host.get('rss_mb'), ' MB')}  "
             f"disk free {_or_dash(host.get('disk_free_mb'), ' MB')}  load {_or_dash(host.get('load_1m'))}  "
             f"temp {_or_dash(host.get('temperature_c'), ' C')}"
+            + ("  CLOCK NOT SYNCHRONISED" if host.get("clock_synchronised") is False else "")
         ),
         f"mqtt    {'connected' if mqtt.get('connected') else 'DISCONNECTED'}  client {gw['client_id']}"
         + (f"  last error: {mqtt['last_error']}" if mqtt.get("last_error") else ""),

@@ -32,7 +32,7 @@ from edge_gateway.publish.publisher import Publisher, encoder_for
 from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.opcua import OpcUaReader
-from edge_gateway.status import StatusReporter
+from edge_gateway.status import StatusReporter, clock_synchronised
 
 _log = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         sink = BufferSink(self.buffer)
+        if clock_synchronised() is False:
+            _log.warning(
+                "the system clock is not synchronised (no NTP?): TLS certificate checks and reading timestamps "
+                "depend on it; the status shows it until it is"
+            )
         await self.transport.start()
         _log.info(
             "gateway %s started: %d source(s), %d destination(s), buffer %s",

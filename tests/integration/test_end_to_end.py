@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from edge_gateway.status import clock_synchronised
 from simulators.iot_core import MosquittoBroker, Pki
 from tests.support import COUNTERS, THING, Consumer, GatewayProcess, gateway_config
 
@@ -112,6 +113,9 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
     finally:
         gateway.stop()
     assert "host    cpu " in table
+    synchronised = clock_synchronised()
+    assert ("the system clock is not synchronised" in gateway.log()) == (synchronised is False)
+    assert ("CLOCK NOT SYNCHRONISED" in table) == (synchronised is False)
     assert "press" in table
     assert "boiler" in table
     gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(beats[1:])]  # the first follows the connect
@@ -126,6 +130,7 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
         assert host["rss_mb"] > 10
         assert host["disk_free_mb"] > 0
         assert host["load_1m"] >= 0
+        assert isinstance(host["clock_synchronised"], bool)  # Linux: the kernel's NTP state
     cpu = [b["status"]["host"]["cpu_percent"] for b in beats]
     assert cpu[0] is None or cpu[0] >= 0  # the very first snapshot has no interval to measure over
     assert [c for c in cpu[1:] if c is not None]
