@@ -209,11 +209,7 @@ class SiteWiseDestination(DestinationBase):
     @field_validator("alias")
     @classmethod
     def _alias_shape(cls, alias: str) -> str:
-        unknown = set(_placeholders(alias)) - {"thing", "source", "point"}
-        if unknown:
-            msg = f"unknown placeholder(s) {sorted(unknown)}; allowed: {{thing}}, {{source}}, {{point}}"
-            raise ValueError(msg)
-        return alias
+        return _only_placeholders(alias, {"thing", "source", "point"})
 
 
 DestinationConfig = Annotated[IotCoreDestination | SiteWiseDestination, Field(discriminator="type")]
@@ -298,12 +294,17 @@ def _check_unique(values: list[str], what: str) -> None:
         raise ValueError(msg)
 
 
-def _publish_topic(topic: str, allowed: set[str]) -> str:
-    unknown = set(_placeholders(topic)) - allowed
+def _only_placeholders(template: str, allowed: set[str]) -> str:
+    unknown = set(_placeholders(template)) - allowed
     if unknown:
         names = ", ".join("{" + a + "}" for a in sorted(allowed))
         msg = f"unknown placeholder(s) {sorted(unknown)}; allowed: {names}"
         raise ValueError(msg)
+    return template
+
+
+def _publish_topic(topic: str, allowed: set[str]) -> str:
+    _only_placeholders(topic, allowed)
     if "#" in topic or "+" in topic:
         msg = "a publish topic cannot contain MQTT wildcards '#' or '+'"
         raise ValueError(msg)

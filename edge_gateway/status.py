@@ -23,6 +23,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -137,12 +138,17 @@ def clock_synchronised() -> bool | None:
     telling the operator about.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         timex = ctypes.create_string_buffer(_TIMEX_BYTES)  # modes = 0: only read the state
-        state = int(libc.adjtimex(timex))
+        state = int(_libc().adjtimex(timex))
     except (OSError, AttributeError):
         return None
     return None if state < 0 else state != _TIME_ERROR
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Loaded once: find_library runs ldconfig, too slow for every status snapshot."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def _rss_mb() -> float | None:

@@ -119,12 +119,7 @@ class AckLedger:
         return seq
 
     def acked_count_between(self, first: int, last: int) -> int:
-        count = max(0, min(last, self.acked_through) - first + 1)
-        for a, b in self.ranges:
-            lo, hi = max(a, first), min(b, last)
-            if lo <= hi:
-                count += hi - lo + 1
-        return count
+        return sum(b - a + 1 for a, b in self.acked_spans(first, last))
 
     def acked_spans(self, first: int, last: int) -> list[tuple[int, int]]:
         """The acked seqs within ``first..last`` as sorted, disjoint, inclusive spans."""

@@ -20,6 +20,8 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 
 def encode_reading(r: Reading) -> bytes:
     # The common case (a number, no status) without the JSON encoder: three times faster, same bytes.
+    # Strings from a PLC may hold lone surrogates (asyncua decodes with surrogateescape): "surrogatepass"
+    # keeps them exactly, and json.loads() decodes bytes with "surrogatepass" too.
     source, point, v, quality, gw_ts, src_ts, status = r
     kind = type(v)
     if kind is float and math.isfinite(v):  # type: ignore[arg-type]
@@ -37,10 +39,6 @@ def encode_reading(r: Reading) -> bytes:
 @functools.lru_cache(maxsize=65_536)
 def _prefix(source: str, point: str) -> str:
     return f"[{_encoder.encode(source)},{_encoder.encode(point)},"
-
-
-# Strings from a PLC may hold lone surrogates (asyncua decodes with surrogateescape); "surrogatepass" keeps
-# them exactly, and json.loads() decodes bytes with "surrogatepass" too.
 
 
 def decode_reading(data: bytes) -> Reading:

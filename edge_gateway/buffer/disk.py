@@ -400,10 +400,9 @@ class DiskBuffer:
     def _active_segment(self, needed: int) -> _Segment:
         """The segment the next record goes to: the last one while it continues the numbering and has room."""
         seg = self._segments[-1] if self._segments else None
-        continues = seg is not None and seg.last_seq + 1 == self._next_seq
         if (
             seg is not None
-            and continues
+            and seg.last_seq + 1 == self._next_seq  # it continues the numbering
             and (seg.size == 0 or (not self._roll and seg.size + needed <= self.segment_bytes))
         ):
             if self._fd is None:

@@ -64,11 +64,11 @@ class MemoryBuffer:
     async def read(
         self, dest: str, max_records: int, timeout_s: float, *, lane: str = "", end_seq: int | None = None
     ) -> list[Record]:
-        end = min(end_seq, self._next_seq) if end_seq is not None else None
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
-                    out = self._take(dest, lane, max_records, self._next_seq if end is None else end)
+                    # _take stops at the newest record; end_seq only bounds a lane further.
+                    out = self._take(dest, lane, max_records, self._next_seq if end_seq is None else end_seq)
                     if out:
                         return out
                     await self._data_event.wait()

@@ -107,7 +107,8 @@ class DeadLetterFile:
     def _write(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            if self.path.stat().st_size and self.path.stat().st_size + len(data) > self.max_file_bytes:
+            size = self.path.stat().st_size
+            if size and size + len(data) > self.max_file_bytes:
                 self._rotate()
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:

@@ -298,13 +298,13 @@ class MqttTransport:
     def _on_connection_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
         st = self.status
         st.connection_failures += 1
-        reason = _crt_error_name(data.exception) if data.exception else "unknown"
+        name = _crt_error_name(data.exception) if data.exception else "unknown"
+        reason = name
         if data.connack_packet is not None:
             reason += f" (CONNACK {data.connack_packet.reason_code!r})"
         st.last_error = f"connect failed: {reason}"
         if not self._failing:
             self._failing = True
-            name = _crt_error_name(data.exception) if data.exception else ""
             hint = f" ({_CONNECT_HINTS[name]})" if name in _CONNECT_HINTS else ""
             _log.warning(
                 "mqtt: cannot connect to %s:%d: %s%s; retrying with backoff",

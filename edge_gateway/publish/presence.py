@@ -43,8 +43,7 @@ class Presence:
         self.topic = topic
         self.heartbeat_s = heartbeat_s
         self.snapshot = snapshot
-        self.heartbeats = 0  # acknowledged by the broker
-        self._base = {"v": FORMAT_VERSION, "gw": thing, "client_id": client_id, "version": __version__}
+        self._base = {"gw": thing, "client_id": client_id, "version": __version__}
         self._started = round(time.time(), 3)
         self._tasks: set[asyncio.Task[None]] = set()
         self._beating = False
@@ -92,7 +91,6 @@ class Presence:
         self._beating = True
         try:
             await transport.publish(self.topic, self.message("online", status=status))
-            self.heartbeats += 1
         except PublishError as exc:
             _log.debug("heartbeat on %s not delivered: %s", self.topic, exc)
         finally:

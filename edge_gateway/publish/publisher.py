@@ -305,7 +305,7 @@ class Publisher:
     def _fail(self, exc: PublishError) -> None:
         s = self.status
         s.failures += 1
-        code = str(exc.reason_code) if exc.reason_code is not None else type(exc.__cause__ or exc).__name__
+        code = _failure_kind(exc)
         s.failures_by_code[code] = s.failures_by_code.get(code, 0) + 1
         s.last_error = str(exc)
         if not self._failing:
@@ -316,7 +316,7 @@ class Publisher:
         self.status.rejected_points += msg.points
         self.status.last_error = str(exc)
         await asyncio.to_thread(self.dead_letter.write, [message_entry(self.name, msg, str(exc))])
-        kind = str(exc.reason_code) if exc.reason_code is not None else type(exc.__cause__ or exc).__name__
+        kind = _failure_kind(exc)
         if kind in self._refusals_logged:
             return
         self._refusals_logged.add(kind)
@@ -363,6 +363,11 @@ class Publisher:
                 why,
                 self.dead_letter.path,
             )
+
+
+def _failure_kind(exc: PublishError) -> str:
+    """The PUBACK reason code, or the kind of client error: how failures are counted and logged."""
+    return str(exc.reason_code) if exc.reason_code is not None else type(exc.__cause__ or exc).__name__
 
 
 class _Batch:
