@@ -438,19 +438,19 @@ async def run(base: Path, args: argparse.Namespace) -> tuple[dict[str, float], l
     broker = MosquittoBroker(pki, base / "broker")
     broker.start()
     try:
-        on = await drain(base, pki, broker, args.throughput_points, flow_control=True, label="flow-on")
-        r |= _drain_keys(on, "iot_flow_control")
-        r["publishes_per_s_flow_control"] = round(on.publishes_per_s, 2)
-        r["payload_bytes_per_s_flow_control"] = round(on.payload_bytes_per_s)
-        add("backlog, flow control on", _drain_row(on))
-        add("  CPU", _cpu_row(on))
-
-        off = await drain(base, pki, broker, args.throughput_points, flow_control=False, label="flow-off")
-        r |= _drain_keys(off, "no_flow_control")
-        r["publishes_per_s_no_flow_control"] = round(off.publishes_per_s, 2)
-        r["payload_bytes_per_s_no_flow_control"] = round(off.payload_bytes_per_s)
-        add("backlog, flow control off", _drain_row(off))
-        add("  CPU", _cpu_row(off))
+        runs: dict[bool, Drain] = {}
+        for flow_control, drain_key, rate_key, label in (
+            (True, "iot_flow_control", "flow_control", "on"),
+            (False, "no_flow_control", "no_flow_control", "off"),
+        ):
+            run = runs[flow_control] = await drain(
+                base, pki, broker, args.throughput_points, flow_control=flow_control, label=f"flow-{label}"
+            )
+            r |= _drain_keys(run, drain_key)
+            r[f"publishes_per_s_{rate_key}"] = round(run.publishes_per_s, 2)
+            r[f"payload_bytes_per_s_{rate_key}"] = round(run.payload_bytes_per_s)
+            add(f"backlog, flow control {label}", _drain_row(run))
+            add("  CPU", _cpu_row(run))
 
         small = await drain(
             base, pki, broker, args.small_points, flow_control=True, label="flow-on-1k", max_message_bytes=1024
@@ -463,7 +463,7 @@ async def run(base: Path, args: argparse.Namespace) -> tuple[dict[str, float], l
             f" {small.points_per_s:,.0f} points/s)",
         )
 
-        backlog, why = _backlog_size(args.backlog_points, on.points_per_s, args.drain_budget_s, base)
+        backlog, why = _backlog_size(args.backlog_points, runs[True].points_per_s, args.drain_budget_s, base)
         print(f"draining a backlog of {backlog:,} points: {why}", file=sys.stderr, flush=True)
         big = await drain(base, pki, broker, backlog, flow_control=True, label="backlog", progress_s=30)
         r["drain_backlog_points"] = backlog

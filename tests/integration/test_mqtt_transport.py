@@ -243,16 +243,24 @@ async def test_iot_core_flow_control_keeps_to_100_publishes_and_512_kib_per_seco
     assert max(n for _, n in arrived) <= 128 * 1024
 
 
+async def _through(
+    proxy: HttpConnectProxy, password: str, tmp_path: Path, pki: Pki, broker: MosquittoBroker
+) -> MqttTransport:
+    """A started transport using ``proxy`` as user "gw" with ``password`` (from a file, as configured)."""
+    secret = tmp_path / "proxy-password"
+    secret.write_text(password)
+    settings = HttpProxySettings(host="127.0.0.1", port=proxy.port, username="gw", password_file=secret)
+    t = MqttTransport(mqtt_settings(pki, broker, proxy=settings), f"{THING}-gateway")
+    await t.start()
+    return t
+
+
 async def test_through_an_http_proxy_with_basic_authentication(
     tmp_path: Path, pki: Pki, broker: MosquittoBroker, consumer: Consumer
 ) -> None:
     await consumer.subscribe("dt/#")
-    secret = tmp_path / "proxy-password"
-    secret.write_text("s3cret\n")
     with HttpConnectProxy(credentials=("gw", "s3cret")) as proxy:
-        proxy_settings = HttpProxySettings(host="127.0.0.1", port=proxy.port, username="gw", password_file=secret)
-        t = MqttTransport(mqtt_settings(pki, broker, proxy=proxy_settings), f"{THING}-gateway")
-        await t.start()
+        t = await _through(proxy, "s3cret\n", tmp_path, pki, broker)
         await t.wait_connected(10)
         assert await t.publish("dt/test-gateway/p", b"via proxy") == 0
         await t.stop()
@@ -264,12 +272,8 @@ async def test_through_an_http_proxy_with_basic_authentication(
 async def test_a_proxy_that_refuses_the_credentials_is_a_clear_connect_failure(
     tmp_path: Path, pki: Pki, broker: MosquittoBroker
 ) -> None:
-    secret = tmp_path / "proxy-password"
-    secret.write_text("wrong")
     with HttpConnectProxy(credentials=("gw", "s3cret")) as proxy:
-        proxy_settings = HttpProxySettings(host="127.0.0.1", port=proxy.port, username="gw", password_file=secret)
-        t = MqttTransport(mqtt_settings(pki, broker, proxy=proxy_settings), f"{THING}-gateway")
-        await t.start()
+        t = await _through(proxy, "wrong", tmp_path, pki, broker)
         async with asyncio.timeout(10):
             while not t.status.connection_failures:
                 await asyncio.sleep(0.05)
