@@ -33,6 +33,7 @@ from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.opcua import OpcUaReader
 from edge_gateway.status import StatusReporter, clock_synchronised
+from edge_gateway.tasks import cancel_and_wait, raise_if_cancelling
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class BufferSink:
 async def _restarting(name: str, factory: Callable[[], Awaitable[None]]) -> None:
     backoff = Backoff(1.0, 30.0)
     while True:
+        raise_if_cancelling()
         started = time.monotonic()
         try:
             await factory()
@@ -164,14 +166,11 @@ class Gateway:
                 ]
                 await stop.wait()
                 _log.info("stopping: sources first, then publishers (%.0f s grace)", _DRAIN_GRACE_S)
-                for t in front:
-                    t.cancel()
-                await asyncio.gather(*front, return_exceptions=True)
+                await cancel_and_wait(front)
                 for s in self.sources:
                     s.status.state = SourceState.STOPPED
                 await self._drain(_DRAIN_GRACE_S)
-                for t in back:
-                    t.cancel()
+                await cancel_and_wait(back)
         finally:
             await self.status.write_once()
             with contextlib.suppress(Exception):

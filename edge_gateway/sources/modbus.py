@@ -16,7 +16,8 @@ readings to the sink in one call. Specifics:
   backoff; while disconnected nothing is emitted. The backoff restarts from its minimum only after a
   poll got an answer, so a peer that accepts and drops connections is not hammered. pymodbus's own
   reconnect and retries are turned off so only one loop runs.
-- ``CancelledError`` is never swallowed; the client is closed on every exit.
+- ``CancelledError`` is never swallowed, and one swallowed inside pymodbus still stops the loop at its
+  next turn (``raise_if_cancelling``); the client is closed on every exit.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from edge_gateway.config import ModbusPoint, ModbusTcpSource
 from edge_gateway.model import Quality, Reading, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
 from edge_gateway.sources.modbus_codec import ReadRequest, decode, plan_reads
+from edge_gateway.tasks import raise_if_cancelling
 
 _log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class ModbusReader:
         c = self.config
         backoff = Backoff(c.reconnect_min_s, c.reconnect_max_s)
         while True:
+            raise_if_cancelling()
             # reconnect_delay=0 and retries=0: pymodbus must not run a second reconnect loop under ours.
             client = AsyncModbusTcpClient(
                 c.host, port=c.port, timeout=c.timeout_s, retries=0, reconnect_delay=0, name=f"modbus:{self.name}"
@@ -119,6 +122,7 @@ class ModbusReader:
         interval = self.config.poll_interval_ms / 1000
         deadline = loop.time()
         while True:
+            raise_if_cancelling()  # pymodbus's wait_for can swallow a cancel (edge_gateway/tasks.py)
             started = loop.time()
             readings = await self._poll_once(client)
             if self._answered:

@@ -57,6 +57,7 @@ from edge_gateway.backoff import Backoff
 from edge_gateway.config import OpcUaSource
 from edge_gateway.model import Quality, Reading, Value, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
+from edge_gateway.tasks import raise_if_cancelling
 
 _log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ class OpcUaReader:
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
         try:
             while True:
+                raise_if_cancelling()  # asyncua's wait_for can swallow a cancel (edge_gateway/tasks.py)
                 reason = await self._session(sink, backoff)
                 self.status.error("connection", reason)
                 self._set_state(SourceState.RECONNECTING, reason)
@@ -374,6 +376,7 @@ class OpcUaReader:
 
     async def _pump(self, sink: Sink, session: _Session) -> None:
         while not session.lost.is_set():
+            raise_if_cancelling()
             await self.wake.wait()
             self.wake.clear()
             await self._flush(sink)

@@ -104,9 +104,9 @@ async def start_task() -> AsyncIterator[Starter]:
     yield start
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
 
 
 class ModbusTap:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -38,7 +38,8 @@ class Collect:
 
 
 @pytest.fixture
-def run_task() -> Iterator[Any]:
+async def run_task() -> AsyncIterator[Any]:
+    """Runs readers as tasks; one cancel each at the end must stop them within seconds."""
     tasks: list[asyncio.Task[None]] = []
 
     def start(coro: Any) -> asyncio.Task[None]:
@@ -49,6 +50,9 @@ def run_task() -> Iterator[Any]:
     yield start
     for t in tasks:
         t.cancel()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
 
 
 def opcua_config(port: int, extra_nodes: list[dict[str, str]] | None = None) -> OpcUaSource:
