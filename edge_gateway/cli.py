@@ -1,4 +1,4 @@
-"""Command line: ``edge-gateway run|validate|status`` (also ``python -m edge_gateway``).
+"""Command line: ``edge-gateway run|validate|schema|status`` (also ``python -m edge_gateway``).
 
 Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage.
 The CLI is the only place that configures logging handlers and prints.
@@ -73,14 +73,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    from edge_gateway.supervisor import Gateway  # noqa: PLC0415 - keep `validate` free of heavy imports
+    from edge_gateway.shadow_config import AppliedConfig, boot_config  # noqa: PLC0415 - keep `validate` light
+    from edge_gateway.supervisor import Gateway  # noqa: PLC0415
+
+    # A gateway that boots with no network runs the last config the shadow gave it, on top of the file.
+    saved = AppliedConfig.load(config.shadow_state_path) if config.shadow.enabled else None
+    effective, applied = boot_config(config, saved)
+    if applied is not None:
+        _log.info("running the saved shadow config (version %d) on top of %s", applied.version, args.config)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Gateway(config).run(stop)
+        await Gateway(effective, local=config, applied=applied).run(stop)
 
     try:
         asyncio.run(main())
@@ -119,6 +126,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from edge_gateway.shadow_config import shadow_schema  # noqa: PLC0415
+
+    print(json.dumps(shadow_schema(), indent=2))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-gateway", description="Industrial edge gateway to AWS IoT")
     parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
@@ -133,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file; print every error with its field path")
     validate.add_argument("--config", type=Path, required=True)
     validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the device shadow's desired document")
+    schema.set_defaults(func=cmd_schema)
 
     status = sub.add_parser("status", help="show the running gateway's status")
     status.add_argument("--config", type=Path, help="the gateway's config (to find its status file)")

@@ -251,6 +251,18 @@ class StatusSettings(_Model):
         return _publish_topic(topic, {"thing"})
 
 
+class ShadowSettings(_Model):
+    """Remote configuration through a named device shadow (docs/configuration.md, "Device shadow")."""
+
+    enabled: bool = True
+    name: str = Field(default="edge-gateway", pattern=r"^[a-zA-Z0-9:_\-]{1,64}$")
+    # How long to wait for an answer from the shadow service before asking again (with backoff).
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # After applying a change: if the cloud connection stays down, or a changed source does not connect,
+    # for this long, the previous config is restored and "rolled_back" reported.
+    confirm_window_s: float = Field(default=120.0, ge=1, le=3600)
+
+
 class GatewayConfig(_Model):
     version: Literal[1] = 1
     gateway: GatewaySettings
@@ -258,6 +270,7 @@ class GatewayConfig(_Model):
     sources: list[SourceConfig] = Field(min_length=1)
     publisher: PublisherSettings
     status: StatusSettings = StatusSettings()
+    shadow: ShadowSettings = ShadowSettings()
 
     @field_validator("sources")
     @classmethod
@@ -284,6 +297,11 @@ class GatewayConfig(_Model):
     @property
     def status_path(self) -> Path:
         return self.status.file or self.gateway.data_dir / "status.json"
+
+    @property
+    def shadow_state_path(self) -> Path:
+        """The last shadow config applied, kept so a boot without network runs it again."""
+        return self.gateway.data_dir / "shadow" / f"{self.shadow.name}.applied.json"
 
 
 def _check_unique(values: list[str], what: str) -> None:
@@ -317,7 +335,7 @@ def _placeholders(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
 
-def _field_errors(exc: ValidationError) -> list[FieldError]:
+def field_errors(exc: ValidationError) -> list[FieldError]:
     errors = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in err["loc"]) or "(document)"
@@ -329,7 +347,7 @@ def parse_config(data: Any, origin: str = "<document>") -> GatewayConfig:  # noq
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(origin, _field_errors(exc)) from exc
+        raise ConfigError(origin, field_errors(exc)) from exc
 
 
 def load_config(path: Path) -> GatewayConfig:

@@ -65,7 +65,7 @@ class StatusReporter:
             if not self._last or elapsed <= 0:
                 return 0.0
             prev: dict[str, int] = self._last[prev_index]  # type: ignore[assignment]
-            return round((counts[name] - prev.get(name, 0)) / elapsed, 1)
+            return round(max(0, counts[name] - prev.get(name, 0)) / elapsed, 1)  # a restarted source counts anew
 
         sources = {}
         for s in gw.sources:
@@ -97,6 +97,7 @@ class StatusReporter:
             "buffer": dataclasses.asdict(gw.buffer.stats()),
             "destinations": destinations,
             "dead_letter": {"path": str(gw.dead_letter.path), **dataclasses.asdict(gw.dead_letter.stats)},
+            "shadow": gw.shadow.last_status if gw.shadow is not None else None,
         }
 
     def _host(self, now_mono: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,13 +23,15 @@ from edge_gateway.backoff import Backoff
 from edge_gateway.buffer.base import Buffer
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.buffer.memory import MemoryBuffer
-from edge_gateway.config import GatewayConfig, ModbusTcpSource, OpcUaSource, SourceConfig
+from edge_gateway.config import DestinationConfig, GatewayConfig, ModbusTcpSource, OpcUaSource, SourceConfig
 from edge_gateway.errors import StorageError
 from edge_gateway.model import Reading
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.publish.presence import Presence
 from edge_gateway.publish.publisher import Publisher, encoder_for
+from edge_gateway.shadow import ShadowAgent
+from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, diff
 from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.opcua import OpcUaReader
@@ -64,13 +67,25 @@ def make_buffer(config: GatewayConfig) -> Buffer:
 
 class BufferSink:
     """The sink sources write to: the buffer's append, with storage trouble counted (by the buffer) and
-    logged once per change of state instead of killing the source."""
+    logged once per change of state instead of killing the source. Readings handed over are stored even
+    when their source is cancelled meanwhile (a configuration change stops it): the append is shielded."""
 
     def __init__(self, buffer: Buffer) -> None:
         self.buffer = buffer
         self._storing = True
+        self._appends: set[asyncio.Task[None]] = set()
 
     async def __call__(self, readings: Sequence[Reading]) -> None:
+        task = asyncio.get_running_loop().create_task(self._store(readings), name="buffer:append")
+        self._appends.add(task)
+        task.add_done_callback(self._appends.discard)
+        await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Wait for appends whose sources were cancelled mid-way."""
+        await asyncio.gather(*self._appends, return_exceptions=True)
+
+    async def _store(self, readings: Sequence[Reading]) -> None:
         try:
             await self.buffer.append(readings)
         except StorageError as exc:
@@ -100,8 +115,14 @@ async def _restarting(name: str, factory: Callable[[], Awaitable[None]]) -> None
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, local: GatewayConfig | None = None, applied: AppliedConfig | None = None
+    ) -> None:
+        """``config`` is what runs now: the local file, or the saved shadow config ``applied`` on top of it
+        (``shadow_config.boot_config``); ``local`` is the file alone, the base of every shadow document."""
         self.config = config
+        self.local = local or config
+        self.applied = applied
         self.thing = config.gateway.thing_name
         self.buffer = make_buffer(config)
         self.status = StatusReporter(self, config.status_path, config.status.interval_s)
@@ -119,22 +140,92 @@ class Gateway:
         self.dead_letter = DeadLetterFile(
             config.dead_letter_path, max_file_bytes=dl.max_file_bytes, max_files=dl.max_files
         )
-        self.publishers = [
-            Publisher(
-                d,
-                self.buffer,
-                self.transport,
-                encoder=encoder_for(d, self.thing),
-                dead_letter=self.dead_letter,
-                flow_control=config.publisher.mqtt.iot_core_flow_control,
-            )
-            for d in config.publisher.destinations
-        ]
+        flow_control = config.publisher.mqtt.iot_core_flow_control
+        self.publishers = [self._publisher(d, flow_control=flow_control) for d in config.publisher.destinations]
+        self.transport.on_connect(self._connection_restored)
+        self.shadow: ShadowAgent | None = ShadowAgent(self) if config.shadow.enabled else None
+        self._sink = BufferSink(self.buffer)
+        self._tg: asyncio.TaskGroup | None = None
+        self._source_tasks: dict[str, asyncio.Task[None]] = {}
+        self._publisher_tasks: dict[str, asyncio.Task[None]] = {}
+        self._apply_lock = asyncio.Lock()
+
+    def _publisher(self, d: DestinationConfig, *, flow_control: bool) -> Publisher:
+        return Publisher(
+            d,
+            self.buffer,
+            self.transport,
+            encoder=encoder_for(d, self.thing),
+            dead_letter=self.dead_letter,
+            flow_control=flow_control,
+        )
+
+    def _connection_restored(self) -> None:
         for p in self.publishers:
-            self.transport.on_connect(p.connection_restored)
+            p.connection_restored()
+
+    def _start_source(self, source: Source) -> None:
+        assert self._tg is not None
+        name = f"source:{source.name}"
+        factory = functools.partial(source.run, self._sink)
+        self._source_tasks[source.name] = self._tg.create_task(_restarting(name, factory), name=name)
+
+    def _start_publisher(self, p: Publisher) -> None:
+        assert self._tg is not None
+        name = f"publish:{p.name}"
+        self._publisher_tasks[p.name] = self._tg.create_task(_restarting(name, p.run), name=name)
+
+    async def apply(self, new: GatewayConfig) -> ConfigDiff:
+        """Switch to ``new`` (already validated): only what changed restarts; the buffer and every other
+        source and destination keep running, and a reading a stopped source handed over is still stored."""
+        async with self._apply_lock:
+            change = diff(self.config, new)
+            await self._apply_sources(new, change)
+            if change.mqtt_changed:
+                # Every publisher restarts on the new connection (their in-flight messages are sent again).
+                await cancel_and_wait(self._publisher_tasks.values())
+                self._publisher_tasks.clear()
+                self.publishers = []
+                await self.transport.reconfigure(new.publisher.mqtt)
+            await self._apply_destinations(new, change)
+            if change.status_changed:
+                self.status.interval_s = new.status.interval_s
+                self.presence.heartbeat_s = new.status.heartbeat_s
+            self.config = new
+            if not change.empty:
+                _log.info("configuration changed: %s", change.describe())
+            return change
+
+    async def _apply_sources(self, new: GatewayConfig, change: ConfigDiff) -> None:
+        stopping = change.sources_removed + change.sources_changed
+        await cancel_and_wait([self._source_tasks.pop(n) for n in stopping])
+        running = {}
+        for s in self.sources:
+            if s.name in stopping:
+                s.status.state = SourceState.STOPPED
+            else:
+                running[s.name] = s
+        for cfg in new.sources:
+            if cfg.name not in running:
+                running[cfg.name] = SOURCE_TYPES[type(cfg)](cfg)
+                self._start_source(running[cfg.name])
+        self.sources = [running[cfg.name] for cfg in new.sources]
+
+    async def _apply_destinations(self, new: GatewayConfig, change: ConfigDiff) -> None:
+        stopping = change.destinations_removed + change.destinations_changed
+        await cancel_and_wait([t for n in stopping if (t := self._publisher_tasks.pop(n, None))])
+        for name in change.destinations_removed:
+            self.buffer.remove_destination(name)  # its cursor goes: what only it needed can be deleted
+        running = {p.name: p for p in self.publishers if p.name not in stopping}
+        for d in new.publisher.destinations:
+            if d.name in change.destinations_added:
+                self.buffer.add_destination(d.name)  # starts at the head, not at the oldest record
+            if d.name not in running:
+                running[d.name] = self._publisher(d, flow_control=new.publisher.mqtt.iot_core_flow_control)
+                self._start_publisher(running[d.name])
+        self.publishers = [running[d.name] for d in new.publisher.destinations]
 
     async def run(self, stop: asyncio.Event) -> None:
-        sink = BufferSink(self.buffer)
         if clock_synchronised() is False:
             _log.warning(
                 "the system clock is not synchronised (no NTP?): TLS certificate checks and reading timestamps "
@@ -150,28 +241,31 @@ class Gateway:
         )
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for p in self.publishers:
+                    self._start_publisher(p)
                 back = [
-                    tg.create_task(_restarting(f"publish:{p.name}", p.run), name=f"publish:{p.name}")
-                    for p in self.publishers
+                    tg.create_task(self._maintain(), name="buffer:maintain"),
+                    tg.create_task(self.status.run(), name="status"),
+                    tg.create_task(self.presence.run(self.transport), name="heartbeat"),
                 ]
-                back.append(tg.create_task(self._maintain(), name="buffer:maintain"))
-                back.append(tg.create_task(self.status.run(), name="status"))
-                back.append(tg.create_task(self.presence.run(self.transport), name="heartbeat"))
-                front = [
-                    tg.create_task(
-                        _restarting(f"source:{s.name}", lambda s=s: s.run(sink)),  # type: ignore[misc]
-                        name=f"source:{s.name}",
-                    )
-                    for s in self.sources
-                ]
+                if self.shadow is not None:
+                    back.append(tg.create_task(_restarting("shadow", self.shadow.run), name="shadow"))
+                for s in self.sources:
+                    self._start_source(s)
                 await stop.wait()
                 _log.info("stopping: sources first, then publishers (%.0f s grace)", _DRAIN_GRACE_S)
-                await cancel_and_wait(front)
-                for s in self.sources:
-                    s.status.state = SourceState.STOPPED
-                await self._drain(_DRAIN_GRACE_S)
-                await cancel_and_wait(back)
+                async with self._apply_lock:  # no configuration change half done
+                    if self.shadow is not None:
+                        await cancel_and_wait(back[-1:])
+                    await cancel_and_wait(self._source_tasks.values())
+                    await self._sink.settle()
+                    for s in self.sources:
+                        s.status.state = SourceState.STOPPED
+                    await self._drain(_DRAIN_GRACE_S)
+                    await cancel_and_wait([*self._publisher_tasks.values(), *back])
         finally:
+            self._tg = None
             await self.status.write_once()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.transport.stop(final=self.presence.stopped), 3.0)

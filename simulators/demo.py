@@ -1,9 +1,14 @@
 """`make demo`: the whole product on one machine, with a live view.
 
 Starts on 127.0.0.1: the OPC UA and Modbus PLC simulators, Mosquitto with mutual TLS (test PKI in
-``var/demo/pki``), the gateway (``edge-gateway run --config var/demo/gateway.yaml``, log in
+``var/demo/pki``), the Device Shadow service stand-in (``python -m simulators.shadow serve --dir var/demo``,
+log in ``var/demo/shadow.log``), the gateway (``edge-gateway run --config var/demo/gateway.yaml``, log in
 ``var/demo/gateway.log``) and a consumer standing in for the cloud. Every second it redraws the gateway's
 status table plus what the consumer received. Ctrl-C stops everything.
+
+The gateway follows the named shadow ``edge-gateway`` of its thing ``demo-gateway`` (the default
+``shadow`` settings); the startup output shows the ``python -m simulators.shadow set|get`` commands that
+change its desired state by hand.
 
 Options: ``--duration S`` stops after S seconds; ``--outage S`` stops the broker for S seconds, 10 s in,
 so you can watch the buffer fill and drain; ``--dir`` (default ``var/demo``).
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,12 +32,16 @@ from typing import Any
 
 import yaml
 
-from edge_gateway.config import MqttSettings
+from edge_gateway.config import MqttSettings, ShadowSettings
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.status import render
 from simulators.iot_core import MosquittoBroker, add_client, free_port, generate_pki
 
 THING = "demo-gateway"
+SHADOW = ShadowSettings().name  # the gateway config leaves `shadow` at its defaults
+# Clients of the shadow service and of its CLI, made with the PKI so the service and a person's first
+# `simulators.shadow` command find them instead of writing certificates while the demo runs.
+SHADOW_CLIENTS = ("shadow-service", "shadow-cli")
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -125,6 +135,25 @@ def write_config(directory: Path, broker_port: int, opcua_port: int, modbus_port
     return path
 
 
+def shadow_hint(directory: Path) -> str:
+    """The commands that set and read the gateway's shadow by hand, as a person would type them here."""
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(Path.cwd())  # `.venv/bin/python` under `make demo`
+    command = [str(python), "-m", "simulators.shadow"]
+    where = [] if directory == Path("var/demo").resolve() else ["--dir", str(directory)]
+    target = [*where, "--thing", THING, "--name", SHADOW]
+    desired = json.dumps({"status": {"heartbeat_s": 10}})
+    set_line = shlex.join([*command, "set", *target, "--desired", desired])
+    get_line = shlex.join([*command, "get", *target])
+    return (
+        f"shadow  the gateway follows the shadow {SHADOW!r} of thing {THING!r} "
+        f"(service log: {directory / 'shadow.log'}). Set desired state, then read what it reports:\n"
+        f"  {set_line}\n"
+        f"  {get_line}"
+    )
+
+
 class CloudView:
     """The consumer: counts what reaches the broker, per source."""
 
@@ -156,8 +185,9 @@ def prepare(directory: Path) -> MosquittoBroker:
     """Certificates (made once, kept) and the broker, before the event loop starts."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = generate_pki(directory / "pki", thing_name=THING)
-    if not (directory / "pki" / "demo-consumer.pem").exists():
-        add_client(directory / "pki", "demo-consumer")
+    for client in ("demo-consumer", *SHADOW_CLIENTS):
+        if not (directory / "pki" / f"{client}.pem").exists():
+            add_client(directory / "pki", client)
     return MosquittoBroker(pki, directory / "broker")
 
 
@@ -172,6 +202,14 @@ async def run(args: argparse.Namespace, directory: Path, broker: MosquittoBroker
             proc = _spawn(["-m", module, "--port", str(port)], log)
             procs.append(proc)
             _wait_ready(log, proc)
+        shadow_log = directory / "shadow.log"
+        shadow_log.write_text("")
+        # Before the gateway, so its first shadow `get` is answered rather than retried after a backoff.
+        shadow = _spawn(["-m", "simulators.shadow", "serve", "--dir", str(directory)], shadow_log)
+        procs.append(shadow)
+        _wait_ready(shadow_log, shadow)
+        hint = shadow_hint(directory)
+        print(hint, flush=True)
         config = write_config(directory, broker.port, opcua_port, modbus_port)
         gateway = _spawn(["-m", "edge_gateway", "run", "--config", str(config)], directory / "gateway.log")
         procs.append(gateway)
@@ -179,7 +217,7 @@ async def run(args: argparse.Namespace, directory: Path, broker: MosquittoBroker
         cloud = MqttTransport(MqttSettings(**_mqtt(directory, broker.port, "demo-consumer")), "demo-consumer")
         await cloud.start()
         await cloud.subscribe("dt/#", view.on_message)
-        await _live(args, directory, broker, gateway, view)
+        await _live(args, directory, broker, gateway, view, hint=hint)
         await cloud.stop()
     finally:
         for proc in reversed(procs):
@@ -195,6 +233,8 @@ async def _live(
     broker: MosquittoBroker,
     gateway: subprocess.Popen[bytes],
     view: CloudView,
+    *,
+    hint: str,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -219,7 +259,8 @@ async def _live(
         banner = f"edge-gateway demo - {elapsed:.0f} s - broker {'UP' if broker.running else 'DOWN (outage)'}"
         screen = f"{banner}\n\n{status}\n\n{view.line()}\n\nCtrl-C to stop. Logs: {directory}"
         if sys.stdout.isatty():
-            print("\033[2J\033[H" + screen, flush=True)
+            # The startup output is cleared by the first redraw: keep the shadow commands on screen.
+            print(f"\033[2J\033[H{screen}\n\n{hint}", flush=True)
         else:
             print(screen + "\n" + "-" * 100, flush=True)
         if args.duration and elapsed >= args.duration:

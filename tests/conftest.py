@@ -27,6 +27,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     pki = generate_pki(directory, thing_name=THING)
     add_client(directory, "test-consumer")
+    add_client(directory, "shadow-service")
     return pki
 
 

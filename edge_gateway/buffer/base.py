@@ -61,6 +61,14 @@ class Buffer(Protocol):
 
     def seek(self, dest: str, seq: int, *, lane: str = "") -> None: ...
 
+    def add_destination(self, dest: str) -> None:
+        """A destination added at run time starts at the head: it gets what is appended from now on.
+        Adding one that exists changes nothing."""
+
+    def remove_destination(self, dest: str) -> None:
+        """Forget ``dest`` and its cursor (persisted at the next ``maintain``): records only it still needed
+        can be deleted. Removing an unknown destination changes nothing."""
+
     def stats(self) -> BufferStats: ...
 
     async def maintain(self) -> None:

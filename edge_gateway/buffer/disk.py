@@ -564,6 +564,24 @@ class DiskBuffer:
         with self._meta:
             self._cursors[dest, lane] = _Cursor(max(seq, self._acks[dest].acked_through + 1))
 
+    def add_destination(self, dest: str) -> None:
+        with self._meta:
+            if dest in self._acks:
+                return
+            self._acks[dest] = AckLedger(self._next_seq - 1)  # the head: what is appended from now on
+            self._cursors[dest, ""] = _Cursor(self._next_seq)
+            self._ledger_dirty = True
+        _log.info("buffer: destination %r added; it starts at seq %d", dest, self._next_seq)
+
+    def remove_destination(self, dest: str) -> None:
+        with self._meta:
+            if self._acks.pop(dest, None) is None:
+                return
+            for key in [k for k in self._cursors if k[0] == dest]:
+                del self._cursors[key]
+            self._ledger_dirty = True
+        _log.info("buffer: destination %r removed; what only it still needed will be deleted", dest)
+
     # ---- limits, corruption, maintenance -------------------------------------------------------
 
     def _drop_segment(self, seg: _Segment, reason: str) -> None:

@@ -93,10 +93,24 @@ class MemoryBuffer:
 
     def ack(self, dest: str, first: int, last: int) -> None:
         self._acks[dest].add(first, last)
-        floor = min(a.acked_through for a in self._acks.values())
+        self._release()
+
+    def _release(self) -> None:
+        floor = min((a.acked_through for a in self._acks.values()), default=self._next_seq - 1)
         while self._records and self._records[0].seq <= floor:
             rec = self._records.popleft()
             self._bytes -= len(encode_reading(rec.reading))
+
+    def add_destination(self, dest: str) -> None:
+        if dest not in self._acks:
+            self._acks[dest] = AckLedger(self._next_seq - 1)
+            self._cursors[dest, ""] = self._next_seq
+
+    def remove_destination(self, dest: str) -> None:
+        if self._acks.pop(dest, None) is not None:
+            for key in [k for k in self._cursors if k[0] == dest]:
+                del self._cursors[key]
+            self._release()
 
     def rewind(self, dest: str) -> None:
         for key in [k for k in self._cursors if k[0] == dest and k[1]]:

@@ -165,6 +165,7 @@ class MqttTransport:
         self._resubscribing: set[asyncio.Task[None]] = set()
         self._connect_listeners: list[Callable[[], None]] = []
         self._failing = False
+        self._generation = 0  # one per CRT client: callbacks of a replaced client are dropped
 
     @property
     def connected(self) -> bool:
@@ -176,17 +177,24 @@ class MqttTransport:
     # ---- the one thread -> event loop bridge --------------------------------------------------------
 
     def _bridge(self, fn: Callable[..., None]) -> Callable[[Any], None]:
+        generation = self._generation
+
+        def on_loop(data: Any) -> None:  # noqa: ANN401
+            if generation == self._generation:
+                fn(data)
+
         def on_crt_thread(data: Any) -> None:  # noqa: ANN401 - awscrt callback data types vary
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # loop closing during shutdown
-                    loop.call_soon_threadsafe(fn, data)
+                    loop.call_soon_threadsafe(on_loop, data)
 
         return on_crt_thread
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._generation += 1
         self._loop = asyncio.get_running_loop()
         self._connected = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -229,6 +237,16 @@ class MqttTransport:
         self._client.start()
         via = f" through the HTTP proxy {s.proxy.host}:{s.proxy.port}" if s.proxy else ""
         _log.info("mqtt: connecting to %s:%d as %r%s", s.endpoint, s.port, self.client_id, via)
+
+    async def reconfigure(self, settings: MqttSettings) -> None:
+        """Reconnect with new settings (endpoint, port, timeouts): the old connection closes normally (no
+        Last Will), subscriptions and listeners carry over, publishes in flight fail and are retried."""
+        await self.stop()
+        self.settings = settings
+        self.status.connected = False
+        self.status.endpoint, self.status.port = settings.endpoint, settings.port
+        self._failing = False
+        await self.start()
 
     def on_connect(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` on the event loop after every successful connect (after re-subscribing)."""

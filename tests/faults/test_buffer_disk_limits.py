@@ -113,6 +113,7 @@ def test_file_size_limit_efbig_is_counted_and_the_buffer_moves_on_to_new_segment
     assert int(failed) > 0
     assert int(dropped) == int(failed)
     assert efbig == "True"
-    # Each segment filled up to the 12 kB limit, then a new one was started: most readings were stored.
-    assert int(segments) > 10
+    # Each segment filled up to the 12 kB limit, then a new one was started: one failed append of 10 per
+    # segment (however many records a segment holds), and most readings were stored.
+    assert int(segments) >= int(failed) // 10 >= 5
     assert int(ok) > int(failed)

@@ -274,12 +274,15 @@ async def test_a_proxy_that_refuses_the_credentials_is_a_clear_connect_failure(
 ) -> None:
     with HttpConnectProxy(credentials=("gw", "s3cret")) as proxy:
         t = await _through(proxy, "wrong", tmp_path, pki, broker)
-        async with asyncio.timeout(10):
-            while not t.status.connection_failures:
-                await asyncio.sleep(0.05)
+        # awscrt usually reports AWS_ERROR_HTTP_PROXY_CONNECT_FAILED; when the proxy's close overtakes its
+        # 407 on a loaded machine, an attempt reports AWS_IO_SOCKET_CLOSED instead: the next one says it.
+        errors: list[str] = []
+        async with asyncio.timeout(15):
+            while not any("PROXY" in e or "407" in e for e in errors):
+                if t.status.last_error and t.status.last_error not in errors[-1:]:
+                    errors.append(t.status.last_error)
+                await asyncio.sleep(0.02)
         await t.stop()
         assert not t.status.connects
         assert proxy.requests[0] == (f"127.0.0.1:{broker.port}", False)
-    print("PROXY-REFUSED", t.status.last_error)
-    assert t.status.last_error is not None
-    assert "PROXY" in t.status.last_error or "407" in t.status.last_error
+    assert all("PROXY" in e or "407" in e or "SOCKET_CLOSED" in e for e in errors), errors

@@ -10,7 +10,7 @@ import pytest
 
 from edge_gateway.buffer.base import Buffer
 from edge_gateway.buffer.codec import encode_reading
-from edge_gateway.buffer.disk import HEADER, DiskBuffer
+from edge_gateway.buffer.disk import HEADER, DiskBuffer, frame
 from edge_gateway.buffer.memory import MemoryBuffer
 from edge_gateway.errors import BufferFullError
 from edge_gateway.model import Quality, Reading
@@ -158,7 +158,7 @@ async def test_torn_tail_is_truncated_on_open(tmp_path: Path) -> None:
     await b.close()
     seg = max(tmp_path.glob("*.seg"))
     with seg.open("ab") as f:
-        f.write(HEADER.pack(50, 0, 11) + b"partial")
+        f.write(frame(11, encode_reading(reading(11)))[:20])  # a write cut short by a crash
     b2 = disk(tmp_path)
     assert [r.seq for r in await b2.read("cloud", 100, 0.1)] == list(range(1, 11))
     await b2.append([reading(11)])
@@ -167,7 +167,7 @@ async def test_torn_tail_is_truncated_on_open(tmp_path: Path) -> None:
 
 
 async def test_corrupt_segment_is_quarantined_and_the_rest_flows(tmp_path: Path) -> None:
-    b = disk(tmp_path)
+    b = disk(tmp_path, segment_bytes=2048)
     for i in range(1, 201, 20):
         await b.append([reading(j) for j in range(i, i + 20)])
     await b.close()
@@ -176,7 +176,7 @@ async def test_corrupt_segment_is_quarantined_and_the_rest_flows(tmp_path: Path)
     data = bytearray(segs[0].read_bytes())
     data[HEADER.size + 3] ^= 0xFF  # flip a payload byte of the first record
     segs[0].write_bytes(bytes(data))
-    b2 = disk(tmp_path)
+    b2 = disk(tmp_path, segment_bytes=2048)
     got = [r.seq for r in await b2.read("cloud", 1000, 0.1)]
     second_first = int(segs[1].stem)
     assert got == list(range(second_first, 201))

@@ -1,0 +1,283 @@
+"""Shadow-driven configuration: follow a named device shadow's ``desired`` state and report the outcome.
+
+Protocol (AWS IoT Device Shadow over MQTT, named shadow ``shadow.name`` on the gateway's thing):
+- On every connect: ``get``. Then ``/update/delta`` (any change of desired) triggers another ``get``: a
+  delta holds only the fields that differ, the config needs the whole desired document.
+- Each desired document is validated whole against the local file (``shadow_config.effective_config``)
+  before anything is touched. Valid: the gateway applies it by diff, the document is saved as the last
+  good config, and ``reported`` mirrors it (so the delta clears) with ``config_status.status = "applied"``,
+  the shadow version and the effective config's hash. Invalid: nothing changes and ``config_status`` says
+  ``"rejected"`` with every error as ``{path, message}`` and the rejected version; the previous mirror
+  stays, so the delta stays visible to the operator.
+- The same desired content is handled once: a repeated delta (a report that leaves desired and reported
+  different, e.g. after a rejection, makes the service publish another) does not re-apply or re-report it.
+- After a change, ``confirm_window_s`` decides: confirmed once the cloud connection is up and every added or
+  changed source has connected; if the connection stays down or such a source does not connect for the
+  whole window, the previous config is restored and ``"rolled_back"`` reported with the reason (when back
+  online). That desired content is not applied again until it changes, across restarts too. Only a
+  confirmed config is saved as the last good one.
+- A request that gets no answer within ``request_timeout_s``, or a 429/500 from the service, is asked again
+  with jittered backoff; a 404 on ``get`` means no shadow yet: the gateway reports what it runs.
+- ``reported`` keys the new mirror no longer has are sent as ``null`` (the service merges updates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from edge_gateway.backoff import Backoff
+from edge_gateway.errors import ConfigError, PublishError
+from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, config_hash, effective_config
+from edge_gateway.sources.base import SourceState
+
+if TYPE_CHECKING:
+    from edge_gateway.supervisor import Gateway
+
+_log = logging.getLogger(__name__)
+
+_RETRYABLE_CODES = frozenset({429, 500, 503})
+_NOT_FOUND = 404
+_PROBE_S = 0.25
+
+
+def removed_as_null(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` plus ``None`` for every key of ``old`` it no longer has, at any depth of nested objects."""
+    out = dict(new)
+    for key, value in old.items():
+        if key not in new:
+            out[key] = None
+        elif isinstance(value, dict) and isinstance(new[key], dict):
+            out[key] = removed_as_null(value, new[key])
+    return out
+
+
+def _canonical(doc: Any) -> str:  # noqa: ANN401 - any JSON
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(canonical: str) -> str:
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ShadowAgent:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        cfg = gateway.config
+        self.settings = cfg.shadow
+        self.path = cfg.shadow_state_path
+        self.prefix = f"$aws/things/{cfg.gateway.thing_name}/shadow/name/{cfg.shadow.name}"
+        self._applied = gateway.applied  # the last good shadow config (None: the local file alone)
+        self._mirror: dict[str, Any] = dict(self._applied.desired) if self._applied else {}
+        self._handled: str | None = _canonical(self._mirror) if self._applied else None
+        self._rolled_back = self._applied.rolled_back if self._applied else None
+        self._unsent: tuple[dict[str, Any], dict[str, Any] | None] | None = None
+        self._sent_status: dict[str, Any] = {}  # config_status as the shadow holds it
+        self._tokens = itertools.count(1)
+        self._client = f"gw-{secrets.token_hex(4)}"  # AWS caps clientToken at 64 bytes; client ids go to 128
+        self._answers: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
+        self._wake = asyncio.Event()
+        self.last_status: dict[str, Any] | None = None  # the newest config_status, for the local status
+
+    async def run(self) -> None:
+        transport = self.gateway.transport
+        for topic in ("get/accepted", "get/rejected", "update/accepted", "update/rejected"):
+            await transport.subscribe(f"{self.prefix}/{topic}", self._on_answer)
+        await transport.subscribe(f"{self.prefix}/update/delta", self._on_delta)
+        transport.on_connect(self._wake.set)
+        if transport.connected:
+            self._wake.set()
+        backoff = Backoff(1.0, 300.0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._sync()
+            except _RetryError as exc:
+                delay = backoff.next_delay()
+                _log.warning("shadow %s: %s; asking again in %.0f s", self.settings.name, exc, delay)
+                await asyncio.sleep(delay)
+                self._wake.set()
+            else:
+                backoff.reset()
+
+    def _on_delta(self, _topic: str, _payload: bytes) -> None:
+        self._wake.set()
+
+    def _on_answer(self, topic: str, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            _log.warning("shadow %s: unreadable answer on %s", self.settings.name, topic)
+            return
+        waiter = self._answers.pop(str(doc.get("clientToken")), None) if isinstance(doc, dict) else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((topic.rsplit("/", 1)[-1], doc))
+
+    async def _request(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Publish ``op`` with a fresh clientToken; the accepted document, or ``_RetryError``/``_RejectedError``."""
+        token = f"{self._client}-{next(self._tokens)}"
+        waiter: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._answers[token] = waiter
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                payload = json.dumps({**body, "clientToken": token}).encode()
+                await self.gateway.transport.publish(f"{self.prefix}/{op}", payload)
+                outcome, doc = await waiter
+        except PublishError as exc:
+            raise _RetryError(f"{op} not delivered: {exc}") from exc
+        except TimeoutError:
+            raise _RetryError(f"no answer to {op} within {self.settings.request_timeout_s:.0f} s") from None
+        finally:
+            self._answers.pop(token, None)
+        if outcome == "accepted":
+            return doc
+        code, message = doc.get("code"), doc.get("message")
+        if code in _RETRYABLE_CODES:
+            raise _RetryError(f"{op} refused with {code} {message}")
+        raise _RejectedError(int(code) if isinstance(code, int) else 0, str(message))
+
+    async def _sync(self) -> None:
+        if self._unsent is not None:
+            await self._send(*self._unsent)
+        try:
+            doc = await self._request("get", {})
+        except _RejectedError as exc:
+            if exc.code != _NOT_FOUND:
+                raise _RetryError(f"get refused with {exc.code} {exc.message}") from exc
+            doc = {}  # no shadow yet: nothing desired
+        state = doc.get("state") if isinstance(doc.get("state"), dict) else {}
+        desired = state.get("desired", {}) if state else {}
+        version = doc.get("version") if isinstance(doc.get("version"), int) else None
+        key = _canonical(desired)
+        if key == self._handled or _digest(key) == self._rolled_back:
+            if self.last_status is None:  # first contact since start: say what runs
+                await self._report(self._outcome("applied", self._applied.version if self._applied else None))
+            return
+        await self._handle(desired, version, key)
+        if self._unsent is not None:  # a report that could not go out while the change was judged
+            msg = f"report of {self._unsent[0]['status']} not delivered yet"
+            raise _RetryError(msg)
+
+    async def _handle(self, desired: Any, version: int | None, key: str) -> None:  # noqa: ANN401 - raw JSON
+        try:
+            new = effective_config(self.gateway.local, desired)
+        except ConfigError as exc:
+            self._handled = key
+            errors = [{"path": e.path, "message": e.message} for e in exc.errors]
+            _log.error(
+                "shadow %s: desired version %s rejected, the running config is unchanged: %s",
+                self.settings.name,
+                version,
+                "; ".join(str(e) for e in exc.errors),
+            )
+            await self._report({**self._outcome("rejected", version), "errors": errors})
+            return
+        previous, previous_mirror = self.gateway.config, self._mirror
+        change = await self.gateway.apply(new)
+        self._handled = key
+        _log.info(
+            "shadow %s: %s applied (%s)",
+            self.settings.name,
+            "no shadow yet, the local config" if version is None else f"desired version {version}",
+            change.describe(),
+        )
+        applied = {**self._outcome("applied", version), "changes": change.describe()}
+        with contextlib.suppress(_RetryError):  # the change may have cut the connection: judged below
+            await self._report(applied, mirror=desired)
+        problem = None if change.empty else await self._probation(change)
+        if problem is None:
+            self._applied = AppliedConfig(version or 0, desired, config_hash(new))
+            await asyncio.to_thread(self._applied.save, self.path)
+            return
+        _log.error("shadow %s: rolling back desired version %s: %s", self.settings.name, version, problem)
+        await self.gateway.apply(previous)
+        self._rolled_back = _digest(key)
+        kept = self._applied or AppliedConfig(0, {}, config_hash(previous))
+        self._applied = AppliedConfig(kept.version, kept.desired, kept.config_hash, rolled_back=self._rolled_back)
+        await asyncio.to_thread(self._applied.save, self.path)
+        rolled_back = {**self._outcome("rolled_back", version), "reason": problem}
+        await self._report(rolled_back, mirror=previous_mirror)
+
+    async def _probation(self, change: ConfigDiff) -> str | None:
+        """None once the cloud connection is up and every added or changed source has connected; else why
+        not, after ``confirm_window_s`` of the connection down or a source not connecting."""
+        transport, window = self.gateway.transport, self.settings.confirm_window_s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        down_since: float | None = None
+        waiting = set(change.sources_added + change.sources_changed)
+        while True:
+            now = loop.time()
+            sources = {s.name: s.status for s in self.gateway.sources}
+            waiting = {n for n in waiting if n in sources and sources[n].state is not SourceState.CONNECTED}
+            if transport.connected:
+                if not waiting:
+                    return None
+                down_since = None
+            elif down_since is None:
+                down_since = now
+            if down_since is not None and now - down_since >= window:
+                st = transport.status
+                return (
+                    f"no cloud connection to {st.endpoint}:{st.port} for {window:.0f} s after the change"
+                    f" (last error: {st.last_error or 'none'})"
+                )
+            if waiting and now - started >= window:
+                return "; ".join(
+                    f"source {n} did not connect within {window:.0f} s (last error: {sources[n].last_error or 'none'})"
+                    for n in sorted(waiting)
+                )
+            await asyncio.sleep(_PROBE_S)
+
+    def _outcome(self, status: str, version: int | None) -> dict[str, Any]:
+        return {
+            "status": status,
+            "version": version,
+            "config_hash": config_hash(self.gateway.config),
+            "errors": [],
+            "at": round(time.time(), 3),
+        }
+
+    async def _report(self, config_status: dict[str, Any], *, mirror: dict[str, Any] | None = None) -> None:
+        """Report now; one that cannot be delivered is kept and sent first at the next sync."""
+        self.last_status = config_status
+        self._unsent = (config_status, mirror)
+        await self._send(config_status, mirror)
+
+    async def _send(self, config_status: dict[str, Any], mirror: dict[str, Any] | None) -> None:
+        reported: dict[str, Any] = {} if mirror is None else removed_as_null(self._mirror, mirror)
+        reported["config_status"] = removed_as_null(self._sent_status, config_status)
+        try:
+            await self._request("update", {"state": {"reported": reported}})
+        except _RejectedError as exc:
+            # 413 (the mirror made the document too big) or 400: say so without the mirror; no loop.
+            _log.error("shadow %s: report refused (%d %s)", self.settings.name, exc.code, exc.message)
+            refused = {"path": "(report)", "message": f"{exc.code} {exc.message}"}
+            small = {**config_status, "errors": [*config_status["errors"], refused]}
+            with contextlib.suppress(_RejectedError):
+                await self._request("update", {"state": {"reported": {"config_status": small}}})
+                self._sent_status = small
+        else:
+            self._sent_status = config_status
+            if mirror is not None:
+                self._mirror = mirror
+        self._unsent = None
+
+
+class _RetryError(Exception):
+    pass
+
+
+class _RejectedError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message

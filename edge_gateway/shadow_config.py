@@ -1,0 +1,278 @@
+"""The configuration the device shadow may set: validation, merge with the local file, diff, persistence.
+
+The shadow's ``desired`` state is the same document as the local config file, restricted to what may be
+changed remotely: ``sources``, ``publisher.destinations``, ``publisher.mqtt`` connection settings
+(endpoint, port, timeouts, backoff, flow control), ``status.interval_s`` / ``status.heartbeat_s`` and
+``version``. Objects merge into the local file's key by key; lists (sources, destinations) replace it.
+Identity, secrets and this device's disk layout stay local: ``gateway``, ``buffer`` (sized for this disk,
+reopening it needs a restart), the MQTT client id, certificate and key paths and proxy,
+``publisher.dead_letter``, ``status.file`` / ``status.topic`` (the presence topic is the Last Will) and
+``shadow``. A shadow that sets any of them is rejected with that reason.
+
+``effective_config(local, desired)`` validates the *whole* result before anything is touched and raises
+``ConfigError`` with every problem as ``FieldError(path, message)``; paths are those of the shadow
+document (``sources.1.modbus.poll_interval_ms``). ``diff`` says which sources and destinations changed, so
+only those restart. ``AppliedConfig`` is the last good shadow config, written atomically (temp file,
+fsync, rename, fsync dir) so a gateway that boots without network runs what it ran before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_gateway.config import GatewayConfig, field_errors
+from edge_gateway.errors import ConfigError, FieldError
+
+_log = logging.getLogger(__name__)
+
+ORIGIN = "device shadow"
+
+_SECRETS = "identity and secrets never come from the shadow"
+# Keys a shadow may not set, by path, with the reason the operator sees.
+LOCAL_ONLY: dict[tuple[str, ...], str] = {
+    ("gateway",): f"thing name and data directory are set in the local config file only ({_SECRETS})",
+    ("buffer",): "buffer settings size this device's disk and need a restart: set them in the local config file",
+    ("publisher", "mqtt", "client_id"): f"the client id is the device's identity ({_SECRETS})",
+    ("publisher", "mqtt", "ca_file"): f"certificate paths are set in the local config file only ({_SECRETS})",
+    ("publisher", "mqtt", "cert_file"): f"certificate paths are set in the local config file only ({_SECRETS})",
+    ("publisher", "mqtt", "key_file"): f"key paths are set in the local config file only ({_SECRETS})",
+    ("publisher", "mqtt", "proxy"): f"the proxy and its credentials are set in the local config file only ({_SECRETS})",
+    ("publisher", "dead_letter"): "the dead-letter file is on this device's disk: set it in the local config file",
+    ("status", "file"): "a path on this device: set it in the local config file",
+    ("status", "topic"): "the presence topic is the connection's Last Will: set it in the local config file",
+    ("shadow",): "which shadow configures the gateway is set in the local config file",
+}
+
+
+def local_only_errors(desired: Mapping[str, Any]) -> list[FieldError]:
+    errors = []
+    for path, reason in LOCAL_ONLY.items():
+        node: Any = desired
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+            if node is None:
+                break
+        else:
+            errors.append(FieldError(".".join(path), f"not allowed in the shadow: {reason}"))
+    return errors
+
+
+def effective_config(local: GatewayConfig, desired: Any) -> GatewayConfig:  # noqa: ANN401 - raw JSON
+    """The local config with the shadow's ``desired`` applied, validated as a whole; else ``ConfigError``."""
+    if not isinstance(desired, Mapping):
+        kind = "null" if desired is None else type(desired).__name__
+        raise ConfigError(ORIGIN, [FieldError("(document)", f"desired state must be a JSON object, not {kind}")])
+    errors = local_only_errors(desired)
+    merged = _overlay(local.model_dump(mode="json"), desired, ())
+    try:
+        config = GatewayConfig.model_validate(merged)
+    except ValidationError as exc:
+        errors += field_errors(exc)
+    if errors:
+        raise ConfigError(ORIGIN, errors)
+    return config
+
+
+def _overlay(base: dict[str, Any], patch: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """``base`` with ``patch`` on top: objects merge key by key, anything else (lists too) replaces;
+    local-only keys are skipped (``local_only_errors`` reports them)."""
+    out = dict(base)
+    for key, value in patch.items():
+        here = (*path, key)
+        if here in LOCAL_ONLY:
+            continue
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            out[key] = _overlay(base[key], value, here)
+        else:
+            out[key] = value
+    return out
+
+
+def config_hash(config: GatewayConfig) -> str:
+    """sha256 of the effective config in canonical JSON: the same settings always give the same hash."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDiff:
+    """What changed between two effective configs, by source and destination name."""
+
+    sources_added: tuple[str, ...] = ()
+    sources_removed: tuple[str, ...] = ()
+    sources_changed: tuple[str, ...] = ()
+    destinations_added: tuple[str, ...] = ()
+    destinations_removed: tuple[str, ...] = ()
+    destinations_changed: tuple[str, ...] = ()
+    status_changed: bool = False
+    mqtt_changed: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, f) for f in self.__slots__)
+
+    def describe(self) -> str:
+        parts = [
+            f"{what} {', '.join(names)}"
+            for what, names in (
+                ("sources added:", self.sources_added),
+                ("sources removed:", self.sources_removed),
+                ("sources changed:", self.sources_changed),
+                ("destinations added:", self.destinations_added),
+                ("destinations removed:", self.destinations_removed),
+                ("destinations changed:", self.destinations_changed),
+            )
+            if names
+        ]
+        if self.status_changed:
+            parts.append("status intervals changed")
+        if self.mqtt_changed:
+            parts.append("mqtt connection changed")
+        return "; ".join(parts) or "no change"
+
+
+def diff(old: GatewayConfig, new: GatewayConfig) -> ConfigDiff:
+    def by_name(items: Any) -> dict[str, Any]:  # noqa: ANN401 - sources or destinations
+        return {i.name: i for i in items}
+
+    def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        added = tuple(n for n in b if n not in a)
+        removed = tuple(n for n in a if n not in b)
+        changed = tuple(n for n in b if n in a and a[n] != b[n])
+        return added, removed, changed
+
+    sa, sr, sc = compare(by_name(old.sources), by_name(new.sources))
+    da, dr, dc = compare(by_name(old.publisher.destinations), by_name(new.publisher.destinations))
+    return ConfigDiff(
+        sa,
+        sr,
+        sc,
+        da,
+        dr,
+        dc,
+        status_changed=old.status != new.status,
+        mqtt_changed=old.publisher.mqtt != new.publisher.mqtt,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedConfig:
+    """The last shadow config that was applied and held (confirmed), as persisted on disk."""
+
+    version: int  # 0: nothing from the shadow, the local file alone
+    desired: dict[str, Any]
+    config_hash: str
+    # sha256 of a desired document that was rolled back: not applied again until desired changes.
+    rolled_back: str | None = None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        doc = {
+            "version": self.version,
+            "desired": self.desired,
+            "config_hash": self.config_hash,
+            "rolled_back": self.rolled_back,
+        }
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(doc, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def load(cls, path: Path) -> AppliedConfig | None:
+        """The saved config, or None when there is none or it cannot be read (logged, file set aside)."""
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            rolled_back = doc.get("rolled_back")
+            return cls(
+                int(doc["version"]),
+                dict(doc["desired"]),
+                str(doc["config_hash"]),
+                None if rolled_back is None else str(rolled_back),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = path.with_suffix(".unreadable")
+            with contextlib.suppress(OSError):
+                path.replace(aside)
+            _log.warning("cannot read the saved shadow config %s (%s); moved it to %s", path, exc, aside)
+            return None
+
+
+def boot_config(local: GatewayConfig, saved: AppliedConfig | None) -> tuple[GatewayConfig, AppliedConfig | None]:
+    """What to run at start: the saved shadow config on top of the local file, when it still validates."""
+    if saved is None:
+        return local, None
+    try:
+        return effective_config(local, copy.deepcopy(saved.desired)), saved
+    except ConfigError as exc:
+        _log.warning(
+            "the saved shadow config (version %d) no longer fits the local config file, running the file alone: %s",
+            saved.version,
+            exc,
+        )
+        return local, None
+
+
+def shadow_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the shadow's ``desired`` document: the config file's schema cut down
+    to what a shadow may set."""
+    schema = GatewayConfig.model_json_schema()
+    defs: dict[str, Any] = schema["$defs"]
+    props = schema["properties"]
+
+    def only(def_name: str, path: tuple[str, ...], title: str) -> dict[str, Any]:
+        d: dict[str, Any] = copy.deepcopy(defs[def_name])
+        d["properties"] = {k: v for k, v in d["properties"].items() if (*path, k) not in LOCAL_ONLY}
+        d.pop("required", None)  # merged onto the local file: nothing is required
+        d["title"] = title
+        return d
+
+    defs["ShadowMqtt"] = only("MqttSettings", ("publisher", "mqtt"), "ShadowMqtt")
+    defs["ShadowPublisher"] = only("PublisherSettings", ("publisher",), "ShadowPublisher")
+    defs["ShadowPublisher"]["properties"]["mqtt"] = {"$ref": "#/$defs/ShadowMqtt"}
+    defs["ShadowStatus"] = only("StatusSettings", ("status",), "ShadowStatus")
+    shadow_props = {
+        "version": props["version"],
+        "sources": props["sources"],
+        "publisher": {"$ref": "#/$defs/ShadowPublisher"},
+        "status": {"$ref": "#/$defs/ShadowStatus"},
+    }
+    out: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "edge-gateway shadow desired state",
+        "description": "Sections left out keep the local config file's values; identity, secrets and disk "
+        "settings are local only.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": shadow_props,
+    }
+    used: dict[str, Any] = {}
+    pending = [shadow_props]
+    while pending:
+        text = json.dumps(pending.pop())
+        for name, definition in defs.items():
+            if f'"#/$defs/{name}"' in text and name not in used:
+                used[name] = definition
+                pending.append(definition)
+    out["$defs"] = dict(sorted(used.items()))
+    return out
