@@ -2,7 +2,7 @@
 
     python -m bench.buffer [--readings 10000000] [--dir DIR]
 
-One process, the disk buffer on a temporary directory (or ``--dir``): realistic readings (~70-byte
+One process, the disk buffer on a temporary directory (or ``--dir``): realistic readings (~50-byte
 records: source, alias, float value, timestamps). Prints a table and writes bench/results/buffer.json.
 """
 

@@ -4,12 +4,42 @@ On-disk format (directory ``path``):
 
     <first_seq:020d>.seg   segment files; records appended back to back, never rewritten
     ledger.json            {"format": 1, "next_seq": N,
-                            "destinations": {name: {"acked_through": N, "acked_ranges": [[a, b], ...]}}}
+                            "destinations": {name: {"acked_through": N, "acked_ranges": [[a, b], ...]}},
+                            "active": [first_seq, bytes, last_seq]}
     quarantine/            segments that failed their CRC check, moved aside for a person to inspect
 
-    record = header payload
-    header = <u32 payload length> <u32 CRC-32 of (u64 seq little-endian + payload)> <u64 seq>  (16 bytes, LE)
-    payload = codec.encode_reading() bytes
+  ``active`` (absent before format 2, and while the active segment is empty or in format 1) is the
+  active segment's committed prefix when the ledger was written: the next open checks that prefix with
+  one CRC call instead of walking it record by record, and walks only what follows. A prefix that does
+  not check out (damage, a cut, a hand-edited file) is ignored and the whole segment is walked.
+
+Records, format 2 (written by this version):
+
+    record  = <u32 n> payload <u32 crc>                          (n + 8 bytes, little-endian)
+    payload = codec.encode_reading() bytes: codec kind 2 (binary), or kind 1 (JSON) for odd readings;
+              the first byte tells them apart (see codec.py)
+    crc     = CRC-32 of (<u32 n> payload) started from chain(seq - 1), XOR (seq mod 2**32)
+    chain(s) = 0x2144DF1C ^ crc32(<u32 s mod 2**32>) ^ crc32(<u32 0>)
+
+  ``chain(s)`` is the CRC-32 state after a valid record numbered ``s``: by the CRC-32 residue property
+  (crc32(m + <u32 crc32(m, x)>, x) == 0x2144DF1C for every m and x) it depends on ``s`` alone. So one
+  record checks by itself, crc32(record, chain(seq - 1)) == chain(seq), and a run of records k..j
+  checks with ONE call over its bytes, crc32(run, chain(k - 1)) == chain(j); damage to any record of the
+  run fails the run as surely as it fails that record. The drain decodes a run, then checks it with one
+  call (``codec.decode_frames``); only a failing run is checked record by record, to find the damage.
+  The seq is not stored: it is the segment's first_seq plus the record's index, and the CRC binds each
+  record to it (a record found at another position fails its check).
+
+Records, format 1 (written before format 2; still read, never written):
+
+    record  = header payload
+    header  = <u32 payload length> <u32 CRC-32 of (u64 seq little-endian + payload)> <u64 seq>  (16 bytes)
+    payload = codec kind 1 (JSON)
+
+  A segment holds one format; its first record tells which: format 2 when that record passes its
+  format-2 check, else format 1 when bytes 8..16 hold the segment's first_seq, else 2 (as is an empty
+  segment). A buffer written before the upgrade opens, drains and expires as before; its last segment
+  is sealed, so the first append after the upgrade starts a format-2 segment.
 
 Invariants:
 - Sequence numbers are assigned 1, 2, 3, … and never reused, even after every segment is deleted or
@@ -22,11 +52,13 @@ Invariants:
   ``append`` returned) is read.
 - ``append`` returns after write + fdatasync (group commit: appends that arrive while a commit is in
   progress share the next one; ``fsync_interval_ms`` > 0 lingers that long to gather more).
-- The ledger is written with write-temp, fsync, rename, fsync-dir, from ``maintain()`` and ``close()``;
-  losing the newest acks to a crash only re-delivers (at-least-once), never loses.
+- The ledger is written with write-temp, fsync, rename, fsync-dir, from ``maintain()`` and ``close()``
+  (when acks changed or the active segment grew); losing the newest acks to a crash only re-delivers
+  (at-least-once), never loses.
 - A sealed segment is deleted when every destination acked all of it, or when ``max_bytes`` /
   ``max_age_s`` remove it; each removed unacked record is counted by reason.
-- Opening scans only the active segment (torn tail truncated); start-up does not grow with the backlog.
+- Opening scans only the active segment (torn tail truncated; every record checked, the ledger's
+  ``active`` prefix with one CRC call); start-up does not grow with the backlog.
   Memory holds one small entry per segment, not per record. A full volume does not stop the opening: the
   ledger write is retried at the next maintenance and acks stay pending until it succeeds.
 - A CRC failure inside a committed region moves that segment to ``quarantine/`` with a log line saying
@@ -51,19 +83,31 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from edge_gateway.buffer.base import AckLedger, BufferStats, Record, acked_by_all
-from edge_gateway.buffer.codec import decode_readings, encode_reading
+from edge_gateway.buffer.codec import CodecError, decode_frames, decode_readings, encode_reading
 from edge_gateway.errors import BufferFullError, BufferIOError
 from edge_gateway.model import Quality, Reading
 
 _log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IIQ")
+LENGTH = struct.Struct("<I")  # format 2: before the payload
+_CRC = struct.Struct("<I")  # format 2: after the payload
+# Format 2 framing seen from a record's start, for code that walks a segment: HEADER.size is the framing
+# per record (the length before the payload plus the CRC after it, hence "4x") and
+# HEADER.unpack_from(segment, record_start)[0] the payload length.
+HEADER = struct.Struct("<I4x")
+V1_HEADER = struct.Struct("<IIQ")
 _SEQ = struct.Struct("<Q")
-_SEQ_AT = 8  # offset of the seq field in the header; the payload follows it directly
+_V1_SEQ_AT = 8  # offset of the seq field in a format 1 header; the payload follows it directly
+_FORMAT_1, _FORMAT_2 = 1, 2  # record formats (see above); only format 2 is written
+_U32_MASK = 0xFFFF_FFFF
+# crc32(message + its CRC) is this constant for every message and start value (the CRC-32 residue);
+# XORing d into the stored CRC moves the state after it by crc32(d) ^ crc32(0), whatever the message.
+_CHAIN_BASE = 0x2144_DF1C ^ zlib.crc32(bytes(4))
 SUFFIX = ".seg"
 LEDGER = "ledger.json"
 QUARANTINE = "quarantine"
@@ -72,12 +116,31 @@ _READ_CHUNK = 4 << 20
 _NO_END = 1 << 63
 
 
-def record_crc(seq: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+def chain(seq: int) -> int:
+    """The CRC-32 state after a valid format-2 record numbered ``seq``: the start of the next one's CRC."""
+    return _CHAIN_BASE ^ zlib.crc32(_CRC.pack(seq & _U32_MASK))
 
 
 def frame(seq: int, payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), record_crc(seq, payload), seq) + payload
+    """The format-2 record of ``payload`` numbered ``seq``."""
+    body = LENGTH.pack(len(payload)) + payload
+    return body + _CRC.pack(zlib.crc32(body, chain(seq - 1)) ^ (seq & _U32_MASK))
+
+
+def _v1_crc(seq: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+
+
+def segment_format(head: bytes, first_seq: int) -> int:
+    """1 or 2: the record format of a segment whose file starts with ``head`` (its first record, whole)."""
+    if len(head) >= LENGTH.size:
+        (n,) = LENGTH.unpack_from(head)
+        end = HEADER.size + n
+        if end <= len(head) and zlib.crc32(memoryview(head)[:end], chain(first_seq - 1)) == chain(first_seq):
+            return _FORMAT_2
+    if len(head) >= V1_HEADER.size and V1_HEADER.unpack_from(head)[2] == first_seq:
+        return _FORMAT_1
+    return _FORMAT_2
 
 
 @dataclass(slots=True)
@@ -87,6 +150,7 @@ class _Segment:
     size: int  # committed bytes
     last_seq: int  # first_seq - 1 while empty
     mtime_s: float
+    version: int | None = None  # record format, 1 or 2; None until read (only format 2 is appended to)
 
     @property
     def count(self) -> int:
@@ -105,7 +169,7 @@ class _Tail:
 
 @dataclass(frozen=True, slots=True)
 class _Want:
-    found: list[tuple[int, bytes]]  # (seq, payload), decoded in one go at the end of a read
+    records: list[Record]
     limit: int
     acks: AckLedger
     end: int  # stop before this seq
@@ -147,6 +211,7 @@ class DiskBuffer:
         self._next_seq = 1
         self._fd: int | None = None
         self._ledger_dirty = False
+        self._checkpoint: list[int] | None = None  # the active segment's [first_seq, bytes, last_seq] in the ledger
         self._roll = False
         self._stats = BufferStats()
         self._pending: list[tuple[Sequence[Reading], asyncio.Future[None]]] = []
@@ -169,10 +234,10 @@ class DiskBuffer:
             self._segments.append(_Segment(first, seg_path, st.st_size, first - 1, st.st_mtime))
         for prev, nxt in zip(self._segments, self._segments[1:], strict=False):
             prev.last_seq = nxt.first_seq - 1
-        tail = self._scan_tail(self._segments[-1]) if self._segments else None
+        tail = self._scan_tail(self._segments[-1], ledger[2] if ledger else None) if self._segments else None
         self._firsts = [s.first_seq for s in self._segments]
         last_seq = self._segments[-1].last_seq if self._segments else 0
-        ledger_next, known = ledger or (1, {})
+        ledger_next, known, _ = ledger or (1, {}, None)
         # Numbers that damaged (cut) records may have had are never handed out again.
         self._next_seq = max(ledger_next, last_seq + 1, tail.next_seq if tail else 0)
         self._init_cursors(destinations, known, had_ledger=ledger is not None)
@@ -207,8 +272,8 @@ class DiskBuffer:
         for gone in sorted(set(known) - set(destinations)):
             _log.info("buffer: destination %r is no longer configured; its cursor is dropped", gone)
 
-    def _load_ledger(self) -> tuple[int, dict[str, AckLedger]] | None:
-        """(next_seq, acks per destination) from ledger.json; None when there is none."""
+    def _load_ledger(self) -> tuple[int, dict[str, AckLedger], list[int] | None] | None:
+        """(next_seq, acks per destination, active segment checkpoint) from ledger.json; None without one."""
         ledger_path = self.path / LEDGER
         try:
             data = json.loads(ledger_path.read_bytes())
@@ -217,6 +282,7 @@ class DiskBuffer:
                 str(name): AckLedger(int(entry["acked_through"]), entry.get("acked_ranges", []))
                 for name, entry in data["destinations"].items()
             }
+            checkpoint = _checkpoint(data.get("active"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -229,42 +295,32 @@ class DiskBuffer:
                 aside,
             )
             return None
-        return next_seq, acks
+        return next_seq, acks, checkpoint
 
-    def _scan_tail(self, seg: _Segment) -> _Tail | None:
+    def _scan_tail(self, seg: _Segment, checkpoint: list[int] | None) -> _Tail | None:
         """Find the last whole record of the active segment; None when the file ends there.
 
         An incomplete last record is the normal trace of a crash during a write (that append never
         returned): it is cut. Anything else (a complete record that fails its CRC or breaks the sequence)
         is damage: the records behind it may have been handed out already, so the numbering resumes past
-        the highest sequence number they could have had (their headers when readable, else one per
-        header-sized chunk of the cut bytes).
+        the highest sequence number they could have had (the records that still check out, or that their
+        headers name, then one per header-sized chunk of the rest of the cut bytes).
+
+        ``checkpoint`` is the ledger's [first_seq, bytes, last_seq] of the active segment when it was last
+        written: when that prefix passes its one-call CRC check, only the records after it are walked.
         """
-        good, last_seq = 0, seg.first_seq - 1
         with seg.path.open("rb") as f:
             data = f.read()
-        torn = True
-        while good + HEADER.size <= len(data):
-            length, crc, seq = HEADER.unpack_from(data, good)
-            end = good + HEADER.size + length
-            if end > len(data) and seq == last_seq + 1 and length <= _MAX_RECORD:
-                break  # incomplete last record: an interrupted write
-            if seq != last_seq + 1 or length > _MAX_RECORD or record_crc(seq, data[good + HEADER.size : end]) != crc:
-                torn = end >= len(data)  # a bad last record may be a half-persisted write too
-                break
-            good, last_seq = end, seq
+        seg.version = segment_format(data, seg.first_seq)
+        if seg.version == _FORMAT_1:
+            good, last_seq, next_seq = _scan_v1(data, seg.first_seq)
+        else:
+            known = (checkpoint[1], checkpoint[2]) if checkpoint and checkpoint[0] == seg.first_seq else None
+            good, last_seq, next_seq = _scan_v2(data, seg.first_seq, known)
         seg.size, seg.last_seq = good, last_seq
         if good == len(data):
             return None
-        if torn:
-            return _Tail(good, data[good:], last_seq + 1, damaged=False)
-        pos, seen = good, last_seq
-        while pos + HEADER.size <= len(data):
-            length, _, seq = HEADER.unpack_from(data, pos)
-            if seq != seen + 1 or length > _MAX_RECORD:
-                break
-            pos, seen = pos + HEADER.size + length, seq
-        return _Tail(good, data[good:], seen + 1 + max(0, len(data) - pos) // HEADER.size, damaged=True)
+        return _Tail(good, data[good:], next_seq, damaged=next_seq > last_seq + 1)
 
     def _cut_tail(self, seg: _Segment, tail: _Tail) -> None:
         if tail.damaged:
@@ -326,10 +382,19 @@ class DiskBuffer:
         with self._write_lock:
             data = bytearray()
             seq = self._next_seq
+            state = chain(seq - 1)
+            pack_length, pack_crc, crc32, encode = LENGTH.pack, _CRC.pack, zlib.crc32, encode_reading
             for r in readings:
-                payload = _encode(r)
-                data += HEADER.pack(len(payload), record_crc(seq, payload), seq)
-                data += payload
+                try:
+                    payload = encode(r)
+                except (TypeError, ValueError) as exc:
+                    payload = _encode_as_bad(r, exc)
+                body = pack_length(len(payload)) + payload
+                crc = crc32(body, state)
+                trailer = pack_crc(crc ^ (seq & _U32_MASK))
+                state = crc32(trailer, crc)  # == chain(seq), without packing seq
+                data += body
+                data += trailer
                 seq += 1
             self._make_room(len(data), len(readings))
             try:
@@ -403,8 +468,12 @@ class DiskBuffer:
         if (
             seg is not None
             and seg.last_seq + 1 == self._next_seq  # it continues the numbering
-            and (seg.size == 0 or (not self._roll and seg.size + needed <= self.segment_bytes))
+            and (  # a format 1 segment (written before an upgrade) is never appended to
+                seg.size == 0
+                or (seg.version == _FORMAT_2 and not self._roll and seg.size + needed <= self.segment_bytes)
+            )
         ):
+            seg.version = _FORMAT_2  # an empty segment takes the format written now
             if self._fd is None:
                 self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
                 os.lseek(self._fd, seg.size, os.SEEK_SET)
@@ -417,7 +486,9 @@ class DiskBuffer:
             with contextlib.suppress(FileNotFoundError):
                 seg.path.unlink()
         self._roll = False
-        new = _Segment(self._next_seq, self.path / f"{self._next_seq:020d}{SUFFIX}", 0, self._next_seq - 1, time.time())
+        new = _Segment(
+            self._next_seq, self.path / f"{self._next_seq:020d}{SUFFIX}", 0, self._next_seq - 1, time.time(), _FORMAT_2
+        )
         self._fd = os.open(new.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         _fsync_dir(self.path)
         with self._meta:
@@ -469,14 +540,13 @@ class DiskBuffer:
             return self._acks[dest].next_unacked(self._cursor(dest, lane).next_seq) < min(self._next_seq, end)
 
     def _read(self, dest: str, lane: str, max_records: int, end: int) -> list[Record]:
-        found: list[tuple[int, bytes]] = []
         with self._meta:
             cursor = self._cursor(dest, lane)
             # A private copy: the loop thread may add acks while this thread scans.
             acks = AckLedger(self._acks[dest].acked_through, self._acks[dest].ranges)
             seq = acks.next_unacked(cursor.next_seq)
-        want = _Want(found, max_records, acks, end)
-        while len(found) < max_records:
+        want = _Want([], max_records, acks, end)
+        while len(want.records) < max_records:
             with self._meta:
                 seq = acks.next_unacked(seq)
                 if seq >= min(self._next_seq, end) or not self._segments:
@@ -496,57 +566,150 @@ class DiskBuffer:
                 cursor.next_seq, cursor.pos_segment, cursor.pos_offset = seq, seg.first_seq, offset
         with self._meta:
             cursor.next_seq = seq
-        readings = decode_readings([payload for _, payload in found])
-        new = tuple.__new__  # Record(seq, reading) without the NamedTuple's Python-level __new__
-        return [new(Record, (rec_seq, r)) for (rec_seq, _), r in zip(found, readings, strict=True)]
+        return want.records
 
     def _read_segment(self, seg: _Segment, size: int, start: tuple[int, int], want: _Want) -> tuple[int, int]:
-        """Append records >= seq from one segment to ``want.found``; return (next seq, its byte offset).
+        """Append records >= seq from one segment to ``want.records``; return (next seq, its byte offset).
 
         ``start`` is (seq, offset): offset 0 scans from the segment's first record, otherwise it is the
         offset of record ``seq`` itself (the cursor's cached position).
         """
+        try:
+            f = seg.path.open("rb")
+        except FileNotFoundError:  # dropped by a limit while we were reading
+            return start[0], 0
+        with f:
+            if seg.version is None:
+                seg.version = segment_format(_first_record(f), seg.first_seq)
+            if seg.version == _FORMAT_1:
+                return self._read_v1(seg, f, size, start, want)
+            return self._read_v2(seg, f, size, start, want)
+
+    def _read_v2(self, seg: _Segment, f: BinaryIO, size: int, start: tuple[int, int], want: _Want) -> tuple[int, int]:
+        """``_read_segment`` for format 2: runs of wanted records decoded in one call, checked in another."""
         seq, offset = start
+        at = seg.first_seq if offset == 0 else seq  # the seq of the record at offset
+        records, acks, stop_at, limit = want.records, want.acks, want.end, want.limit
+        sparse = bool(acks.ranges)
+        new, crc32 = tuple.__new__, zlib.crc32
+        need = 0  # bytes the next read must hold: a record larger than a chunk is read whole
+        while offset < size and len(records) < limit and at < stop_at:
+            f.seek(offset)
+            chunk = f.read(max(need, min(_READ_CHUNK, size - offset)))
+            view = memoryview(chunk)
+            pos, n = 0, len(chunk)
+            while pos < n and len(records) < limit and at < stop_at:
+                # seq is never inside the acked prefix; only acked ranges beyond it need a look-up.
+                first = acks.next_unacked(max(at, seq)) if sparse else max(at, seq)
+                if first > at:  # records handed out or acked already: stepped over, not decoded
+                    pos, skipped = _walk(chunk, pos, n, min(first, stop_at) - at)
+                    at += skipped
+                    if at < min(first, stop_at):
+                        break  # the next record does not end in this chunk
+                    continue
+                count = min(limit - len(records), (min(stop_at, _next_acked(acks, at)) if sparse else stop_at) - at)
+                got: list[Reading] = []
+                try:
+                    end = decode_frames(chunk, pos, n, count, got)
+                except CodecError as exc:
+                    bad = exc.args[1]
+                    end = min(n, bad + HEADER.size + LENGTH.unpack_from(chunk, bad)[0])
+                    return self._bad_run(
+                        seg, want, view=view, span=(offset, pos, end), at=at, got=got, why=f"cannot be decoded ({exc})"
+                    )
+                # One CRC call checks the whole run: its state after the last record names that record's seq.
+                if got and crc32(view[pos:end], chain(at - 1)) != chain(at + len(got) - 1):
+                    return self._bad_run(
+                        seg, want, view=view, span=(offset, pos, end), at=at, got=got, why="fails its CRC"
+                    )
+                records.extend(map(new, repeat(Record), zip(range(at, at + len(got)), got, strict=True)))
+                pos, at = end, at + len(got)
+                if len(got) < count:
+                    break  # the next record does not end in this chunk
+            if pos == 0 and len(records) < limit and at < stop_at:
+                # Not even one record ends in the chunk: one larger than a chunk, or a damaged length.
+                length = LENGTH.unpack_from(chunk)[0] if n >= LENGTH.size else _NO_END
+                if length > _MAX_RECORD or offset + HEADER.size + length > size or need:
+                    self._quarantine(seg, f"record {at} has a bad length at byte {offset}")
+                    return seg.last_seq + 1, 0
+                need = HEADER.size + length
+                continue
+            need = 0
+            offset += pos
+        return max(seq, at), offset if at >= seq else 0
+
+    def _bad_run(
+        self,
+        seg: _Segment,
+        want: _Want,
+        *,
+        view: memoryview,
+        span: tuple[int, int, int],
+        at: int,
+        got: list[Reading],
+        why: str,
+    ) -> tuple[int, int]:
+        """Hand out the run's records before its first bad one, then quarantine the segment.
+
+        ``span`` is (the chunk's offset in the file, the run's start and end in the chunk), the bad record
+        inside it; ``at`` is the run's first seq and ``got`` what was decoded of it.
+        """
+        offset, pos, end = span
+        bad_at, good = _check_each(view, pos, end, at)
+        kept = min(good, len(got))
+        want.records.extend(map(tuple.__new__, repeat(Record), zip(range(at, at + kept), got[:kept], strict=True)))
+        problem = why if good > len(got) else "fails its CRC"
+        self._quarantine(seg, f"record {at + kept} {problem} at byte {offset + bad_at}")
+        return seg.last_seq + 1, 0
+
+    def _read_v1(self, seg: _Segment, f: BinaryIO, size: int, start: tuple[int, int], want: _Want) -> tuple[int, int]:
+        """The format 1 reader: payloads are gathered, then decoded in one go."""
+        found: list[tuple[int, bytes]] = []
+        result = self._scan_v1_records(seg, f, size, start, (want, found))
+        readings = decode_readings([payload for _, payload in found])
+        want.records.extend(map(tuple.__new__, repeat(Record), zip([s for s, _ in found], readings, strict=True)))
+        return result
+
+    def _scan_v1_records(
+        self, seg: _Segment, f: BinaryIO, size: int, start: tuple[int, int], into: tuple[_Want, list[tuple[int, bytes]]]
+    ) -> tuple[int, int]:
+        seq, offset = start
+        want, found = into
         scan_seq = seg.first_seq if offset == 0 else seq
         sparse = bool(want.acks.ranges)
-        # The loop below runs once per record on the drain path: names are bound locally on purpose.
-        found, limit, stop_at = want.found, want.limit, want.end
-        unpack, crc32, hsize = HEADER.unpack_from, zlib.crc32, HEADER.size
-        try:
-            with seg.path.open("rb") as f:
-                while offset + hsize <= size and len(found) < limit:
-                    f.seek(offset)
-                    chunk = f.read(min(_READ_CHUNK, size - offset))
-                    view = memoryview(chunk)
-                    pos, n, room = 0, len(chunk), limit - len(found)
-                    while pos + hsize <= n and room:
-                        length, crc, rec_seq = unpack(chunk, pos)
-                        end = pos + hsize + length
-                        if rec_seq != scan_seq or length > _MAX_RECORD or offset + end > size:
-                            self._quarantine(seg, f"record {scan_seq} has a bad header at byte {offset + pos}")
-                            return seg.last_seq + 1, 0
-                        if rec_seq >= stop_at:
-                            return rec_seq, offset + pos  # the lane ends here; the cursor points at it
-                        if end > n:
-                            if pos == 0:  # a single record larger than the chunk
-                                view.release()
-                                chunk += f.read(end - n)
-                                view, n = memoryview(chunk), len(chunk)
-                            else:
-                                break
-                        # seq is never inside the acked prefix; only acked ranges beyond it need a look-up.
-                        if rec_seq >= seq and (not sparse or want.acks.next_unacked(rec_seq) == rec_seq):
-                            # The header ends with the seq, so seq + payload are contiguous: one CRC call.
-                            if crc32(view[pos + _SEQ_AT : end]) != crc:
-                                self._quarantine(seg, f"record {rec_seq} fails its CRC at byte {offset + pos}")
-                                return seg.last_seq + 1, 0
-                            found.append((rec_seq, chunk[pos + hsize : end]))
-                            room -= 1
-                        pos = end
-                        scan_seq += 1
-                    offset += pos
-        except FileNotFoundError:  # dropped by a limit while we were reading
-            return max(seq, scan_seq), 0
+        limit, stop_at = want.limit - len(want.records), want.end
+        unpack, crc32, hsize = V1_HEADER.unpack_from, zlib.crc32, V1_HEADER.size
+        while offset + hsize <= size and len(found) < limit:
+            f.seek(offset)
+            chunk = f.read(min(_READ_CHUNK, size - offset))
+            view = memoryview(chunk)
+            pos, n, room = 0, len(chunk), limit - len(found)
+            while pos + hsize <= n and room:
+                length, crc, rec_seq = unpack(chunk, pos)
+                end = pos + hsize + length
+                if rec_seq != scan_seq or length > _MAX_RECORD or offset + end > size:
+                    self._quarantine(seg, f"record {scan_seq} has a bad header at byte {offset + pos}")
+                    return seg.last_seq + 1, 0
+                if rec_seq >= stop_at:
+                    return rec_seq, offset + pos  # the lane ends here; the cursor points at it
+                if end > n:
+                    if pos == 0:  # a single record larger than the chunk
+                        view.release()
+                        chunk += f.read(end - n)
+                        view, n = memoryview(chunk), len(chunk)
+                    else:
+                        break
+                # seq is never inside the acked prefix; only acked ranges beyond it need a look-up.
+                if rec_seq >= seq and (not sparse or want.acks.next_unacked(rec_seq) == rec_seq):
+                    # The header ends with the seq, so seq + payload are contiguous: one CRC call.
+                    if crc32(view[pos + _V1_SEQ_AT : end]) != crc:
+                        self._quarantine(seg, f"record {rec_seq} fails its CRC at byte {offset + pos}")
+                        return seg.last_seq + 1, 0
+                    found.append((rec_seq, chunk[pos + hsize : end]))
+                    room -= 1
+                pos = end
+                scan_seq += 1
+            offset += pos
         return max(seq, scan_seq), offset
 
     def ack(self, dest: str, first: int, last: int) -> None:
@@ -674,13 +837,22 @@ class DiskBuffer:
         # and the snapshot taken last is the one written last.
         with self._ledger_lock:
             with self._meta:
-                if not self._ledger_dirty:
+                active = self._segments[-1] if self._segments else None
+                # Lets the next open check the active segment's prefix with one CRC call instead of walking it.
+                checkpoint = (
+                    [active.first_seq, active.size, active.last_seq]
+                    if active is not None and active.version == _FORMAT_2 and active.count
+                    else None
+                )
+                if not self._ledger_dirty and checkpoint == self._checkpoint:
                     return
-                doc = {
+                doc: dict[str, object] = {
                     "format": 1,
                     "next_seq": self._next_seq,
                     "destinations": {d: a.to_json() for d, a in self._acks.items()},
                 }
+                if checkpoint is not None:
+                    doc["active"] = checkpoint
                 self._ledger_dirty = False
             tmp = self.path / (LEDGER + ".tmp")
             try:
@@ -690,6 +862,7 @@ class DiskBuffer:
                     os.fsync(f.fileno())
                 tmp.replace(self.path / LEDGER)
                 _fsync_dir(self.path)
+                self._checkpoint = checkpoint
             except OSError:
                 with self._meta:
                     self._ledger_dirty = True  # written by the next maintain() or close()
@@ -725,13 +898,117 @@ class DiskBuffer:
         self._write_ledger()
 
 
-def _encode(r: Reading) -> bytes:
+def _encode_as_bad(r: Reading, exc: Exception) -> bytes:
     """A reading the codec cannot store (a value of the wrong type, say) is stored as BAD, never dropped."""
-    try:
-        return encode_reading(r)
-    except (TypeError, ValueError) as exc:
-        _log.warning("buffer: %s/%s value cannot be stored (%s); stored as BAD", r.source, r.point, exc)
-        return encode_reading(r._replace(value=None, quality=Quality.BAD, status=f"unstorable value: {exc}"))
+    _log.warning("buffer: %s/%s value cannot be stored (%s); stored as BAD", r.source, r.point, exc)
+    return encode_reading(r._replace(value=None, quality=Quality.BAD, status=f"unstorable value: {exc}"))
+
+
+def _scan_v2(data: bytes, first_seq: int, known: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(end of the last good record, its seq, the lowest seq the cut records cannot have had).
+
+    ``known`` is (bytes, last seq) of a prefix the ledger saw committed: it is checked, not walked.
+    """
+    view = memoryview(data)
+    start, last = 0, first_seq - 1
+    if (
+        known is not None
+        and 0 <= known[0] <= len(data)
+        and known[1] >= last
+        and zlib.crc32(view[: known[0]], chain(last)) == chain(known[1])
+    ):
+        start, last = known
+    # All whole records are checked with one CRC call; only when that fails are they checked one by one.
+    good, count = _walk(data, start, len(data))
+    if count and zlib.crc32(view[start:good], chain(last)) != chain(last + count):
+        good, count = _check_each(view, start, good, last + 1)
+    last += count
+    if good + LENGTH.size > len(data) or good + HEADER.size + LENGTH.unpack_from(data, good)[0] >= len(data):
+        return good, last, last + 1  # a record cut short, or a bad last one: maybe a half-persisted write
+    # Damage: step over the bad record by its length; when every record after it checks out, they count
+    # exactly. Otherwise its length may be wrong too: the bytes from it on count as many records as they
+    # could hold (at least a header each), unless that is fewer than the ones that did check out.
+    pos = good + HEADER.size + LENGTH.unpack_from(data, good)[0]
+    pos, seen = _check_each(view, pos, _walk(data, pos, len(data))[0], last + 2)
+    if pos == len(data):
+        return good, last, last + 2 + seen
+    return (
+        good,
+        last,
+        max(last + 2 + seen + (len(data) - pos) // HEADER.size, last + 1 + (len(data) - good) // HEADER.size),
+    )
+
+
+def _checkpoint(value: object) -> list[int] | None:
+    """The ledger's ``active`` entry, [first_seq, bytes, last_seq]; None when absent or malformed (only a
+    shortcut at open: a bad one must not cost the acks next to it)."""
+    if isinstance(value, list) and len(value) == 3 and all(type(x) is int for x in value):  # noqa: PLR2004
+        return value
+    return None
+
+
+def _first_record(f: BinaryIO) -> bytes:
+    """The first record of a segment file, whole when its length is plausible (for ``segment_format``)."""
+    head = f.read(V1_HEADER.size)
+    if len(head) >= LENGTH.size and (n := LENGTH.unpack_from(head)[0]) <= _MAX_RECORD:
+        head += f.read(max(0, HEADER.size + n - len(head)))
+    return head
+
+
+def _next_acked(acks: AckLedger, seq: int) -> int:
+    """The first acked seq after ``seq``; _NO_END when none is."""
+    return next((first for first, _ in acks.ranges if first > seq), _NO_END)
+
+
+def _walk(data: bytes, pos: int, stop: int, limit: int = _NO_END) -> tuple[int, int]:
+    """Step over up to ``limit`` whole format-2 records from ``pos``: (where it stopped, how many)."""
+    unpack, hsize = LENGTH.unpack_from, HEADER.size
+    count = 0
+    while count < limit and pos + LENGTH.size <= stop:
+        end = pos + hsize + unpack(data, pos)[0]
+        if end > stop:
+            break
+        pos = end
+        count += 1
+    return pos, count
+
+
+def _check_each(view: memoryview, pos: int, stop: int, seq: int) -> tuple[int, int]:
+    """Check format-2 records from ``pos`` (numbered from ``seq``) one by one: (end of the good ones, count)."""
+    count = 0
+    while pos + LENGTH.size <= stop:
+        end = pos + HEADER.size + LENGTH.unpack_from(view, pos)[0]
+        if end > stop or zlib.crc32(view[pos:end], chain(seq + count - 1)) != chain(seq + count):
+            break
+        pos = end
+        count += 1
+    return pos, count
+
+
+def _scan_v1(data: bytes, first_seq: int) -> tuple[int, int, int]:
+    """``_scan_v2`` for a format 1 segment (seq in every header)."""
+    good, last_seq = 0, first_seq - 1
+    hsize = V1_HEADER.size
+    torn = True
+    while good + hsize <= len(data):
+        length, crc, seq = V1_HEADER.unpack_from(data, good)
+        end = good + hsize + length
+        if end > len(data) and seq == last_seq + 1 and length <= _MAX_RECORD:
+            break  # incomplete last record: an interrupted write
+        if seq != last_seq + 1 or length > _MAX_RECORD or _v1_crc(seq, data[good + hsize : end]) != crc:
+            torn = end >= len(data)  # a bad last record may be a half-persisted write too
+            break
+        good, last_seq = end, seq
+    if torn or good == len(data):
+        return good, last_seq, last_seq + 1
+    pos, seen = good, last_seq
+    while pos + hsize <= len(data):
+        length, _, seq = V1_HEADER.unpack_from(data, pos)
+        if seq != seen + 1 or length > _MAX_RECORD:
+            break
+        pos, seen = pos + hsize + length, seq
+    # A damaged record whose header still names the next seq must count as damage, not as torn.
+    return good, last_seq, max(seen + 1 + max(0, len(data) - pos) // hsize, last_seq + 2)
 
 
 def _fsync_dir(path: Path) -> None:
