@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-e2e clean
+.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-e2e build clean
 
 setup: ## create .venv, install the package with dev extras, install Mosquitto when missing
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +50,8 @@ bench-publish: ## wire bytes/point, points/s with and without IoT Core flow cont
 bench-e2e:
 	$(PY) -m bench.e2e
 
+build: ## the Greengrass component as `gdk component build` makes it, with wheels for x86_64 and aarch64 (downloads them)
+	$(PY) scripts/build_component.py
+
 clean:
-	rm -rf var bench/results .pytest_cache .mypy_cache .ruff_cache greengrass-build zip-build
+	rm -rf var bench/results .pytest_cache .mypy_cache .ruff_cache greengrass-build zip-build wheels

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -69,8 +70,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_greengrass(path: Path | None) -> GatewayConfig | None:
+    from edge_gateway import greengrass  # noqa: PLC0415 - only under Greengrass
+
+    try:
+        config, notes = greengrass.load(os.environ, path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    for note in notes:
+        _log.log(note.level, "greengrass: %s", note.message)
+    return config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    if args.greengrass:
+        config = _load_greengrass(args.config)
+    elif args.config is None:
+        print("run needs --config FILE (or --greengrass, as the Greengrass component runs it)", file=sys.stderr)
+        return EXIT_CONFIG
+    else:
+        config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
     from edge_gateway.shadow_config import AppliedConfig, boot_config  # noqa: PLC0415 - keep `validate` light
@@ -80,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     saved = AppliedConfig.load(config.shadow_state_path) if config.shadow.enabled else None
     effective, applied = boot_config(config, saved)
     if applied is not None:
-        _log.info("running the saved shadow config (version %d) on top of %s", applied.version, args.config)
+        local = args.config or "the Greengrass configuration"
+        _log.info("running the saved shadow config (version %d) on top of %s", applied.version, local)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -141,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the gateway")
-    run.add_argument("--config", type=Path, required=True, help="config file (YAML or JSON)")
+    run.add_argument("--config", type=Path, help="config file (YAML or JSON); required without --greengrass")
+    run.add_argument(
+        "--greengrass",
+        action="store_true",
+        help="run as the Greengrass component: the thing name, root CA, work directory and component "
+        "configuration come from the environment the nucleus and recipe.yaml set (docs/deployment.md)",
+    )
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check a config file; print every error with its field path")

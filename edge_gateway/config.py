@@ -362,10 +362,10 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(origin, [FieldError("(file)", f"not valid {path.suffix[1:] or 'YAML'}: {exc}")]) from exc
     config = parse_config(data, origin)
     # Relative paths in the file are relative to the file, not to the working directory.
-    return _resolve_paths(config, path.parent)
+    return resolve_paths(config, path.parent)
 
 
-def _resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
+def resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
     def fix(p: Path) -> Path:
         return p if p.is_absolute() else (base / p)
 

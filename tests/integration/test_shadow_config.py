@@ -290,7 +290,7 @@ documents = st.one_of(
 
 
 @settings(
-    max_examples=150,
+    max_examples=1000,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     phases=[Phase.generate],  # no shrinking against a live gateway
