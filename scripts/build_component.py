@@ -234,8 +234,10 @@ def wheel_metadata(project: Mapping[str, Any]) -> str:
         f"Version: {project['version']}",
         f"Summary: {project.get('description', '')}",
     ]
-    if "license" in project and "text" in project["license"]:
-        lines.append(f"License: {project['license']['text']}")
+    licence = project.get("license")  # an SPDX string (PEP 639), or the older {text = ...} table
+    text = licence if isinstance(licence, str) else (licence or {}).get("text")
+    if text:
+        lines.append(f"License: {text}")
     if "requires-python" in project:
         lines.append(f"Requires-Python: {project['requires-python']}")
     lines += [f"Requires-Dist: {req}" for req in project.get("dependencies", [])]

@@ -46,8 +46,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from edge_gateway.publish.mqtt import MqttTransport
 from simulators.eventstream import (
@@ -73,6 +72,7 @@ from simulators.greengrass_auth import (
     unauthorized_message,
 )
 from simulators.greengrass_spool import DEFAULT_SPOOL_BYTES, CloudSpool, IoTCoreMessage, SpoolError
+from simulators.service import AsyncService
 from simulators.shadow_document import JsonObject, ShadowKey, ShadowRequestError, ShadowStore, delta_metadata
 
 __all__ = ["AccessControl", "GreengrassIpcServer", "IoTCoreMessage", "IpcComponent", "IpcError"]
@@ -164,7 +164,7 @@ def _name_problem(label: str, value: str, max_length: int) -> str | None:
 # ---- the server ----------------------------------------------------------------------------------------
 
 
-class GreengrassIpcServer:
+class GreengrassIpcServer(AsyncService):
     """The nucleus IPC stand-in: ``async with GreengrassIpcServer(path, [IpcComponent(...)]) as server``."""
 
     def __init__(
@@ -247,15 +247,6 @@ class GreengrassIpcServer:
                 await self._spooler
             self._spooler = None
         self.socket_path.unlink(missing_ok=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = RpcServerConnection(reader, writer, self)

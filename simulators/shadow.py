@@ -41,13 +41,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from edge_gateway.config import MqttSettings
 from edge_gateway.errors import PublishError
 from edge_gateway.publish.mqtt import MqttTransport
 from simulators.iot_core import add_client
+from simulators.service import AsyncService
 from simulators.shadow_document import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     INTERNAL_FAILURE,
@@ -117,7 +117,7 @@ def _dump(doc: JsonObject) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-class ShadowService:
+class ShadowService(AsyncService):
     """The shadow service on one MQTT connection: ``async with ShadowService(settings) as svc: ...``.
 
     ``settings`` name the broker and this client's certificate (its CN must be allowed to read and write
@@ -171,15 +171,6 @@ class ShadowService:
             if job.reply is not None and not job.reply.done():
                 job.reply.cancel()
         await self.transport.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- the "cloud" side: what an operator or a cloud app would do through the AWS API ----------------
 

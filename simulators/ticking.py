@@ -7,11 +7,11 @@ import abc
 import asyncio
 import contextlib
 import signal
-from types import TracebackType
-from typing import Self
+
+from simulators.service import AsyncService
 
 
-class TickingSimulator(abc.ABC):
+class TickingSimulator(AsyncService):
     tick_s: float
     _ticker: asyncio.Task[None] | None = None
 
@@ -50,15 +50,6 @@ class TickingSimulator(abc.ABC):
                 await self._ticker
             self._ticker = None
         await self._shutdown()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def run_until_signal(self, *extra_lines: str) -> None:
         await self.start()

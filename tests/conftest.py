@@ -28,6 +28,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     pki = generate_pki(directory, thing_name=THING)
     add_client(directory, "test-consumer")
     add_client(directory, "shadow-service")
+    add_client(directory, "shadow-cli")
     return pki
 
 

@@ -32,7 +32,8 @@ MODBUS_TICK_MS = 250
 ALLOW_ALL_ACL = (
     "user test-consumer\ntopic readwrite #\ntopic readwrite $aws/#\n\n"
     "user test-gateway\ntopic readwrite #\ntopic readwrite $aws/#\n\n"
-    "user shadow-service\ntopic readwrite $aws/things/#\n"
+    "user shadow-service\ntopic readwrite $aws/things/#\n\n"
+    "user shadow-cli\ntopic readwrite $aws/things/#\n"
 )
 # Refuses the gateway's data (PUBACK 135) but still lets its presence through, as the tests watch it.
 DENY_GATEWAY_ACL = (

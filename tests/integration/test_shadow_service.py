@@ -10,35 +10,22 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_gateway.publish.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, Pki, add_client
+from simulators.iot_core import MosquittoBroker, Pki
 from simulators.shadow import ShadowCaller, ShadowKey, ShadowRequestError, ShadowService
-from tests.support import ALLOW_ALL_ACL, THING, Consumer, mqtt_settings, stop_process
+from tests.support import THING, Consumer, mqtt_settings, stop_process
 
 SERVICE = "shadow-service"
 CLI = "shadow-cli"
-SHADOW_ACL = ALLOW_ALL_ACL + "".join(f"\nuser {user}\ntopic readwrite $aws/things/#\n" for user in (SERVICE, CLI))
 NOW = 1_700_000_000
 CONFIG = ShadowKey(THING, "config")
 PREFIX = CONFIG.topic_prefix
-
-
-@pytest.fixture
-def shadow_broker(pki: Pki, tmp_path: Path) -> Iterator[MosquittoBroker]:
-    for user in (SERVICE, CLI):
-        if not (pki.directory / f"{user}.pem").exists():
-            add_client(pki.directory, user)
-    broker = MosquittoBroker(pki, tmp_path / "broker")
-    broker.set_acl(SHADOW_ACL)
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 @contextlib.asynccontextmanager
@@ -60,22 +47,22 @@ async def connected(pki: Pki, broker: MosquittoBroker, client: str, client_id: s
 
 
 @pytest.fixture
-async def service(pki: Pki, shadow_broker: MosquittoBroker) -> AsyncIterator[ShadowService]:
-    async with running_service(pki, shadow_broker) as svc:
+async def service(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[ShadowService]:
+    async with running_service(pki, broker) as svc:
         yield svc
 
 
 @pytest.fixture
-async def device(pki: Pki, shadow_broker: MosquittoBroker) -> AsyncIterator[ShadowCaller]:
+async def device(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[ShadowCaller]:
     """The gateway's side: requests with the thing's own certificate."""
-    async with connected(pki, shadow_broker, THING, f"{THING}-device") as transport:
+    async with connected(pki, broker, THING, f"{THING}-device") as transport:
         yield ShadowCaller(transport)
 
 
 @pytest.fixture
-async def watcher(pki: Pki, shadow_broker: MosquittoBroker) -> AsyncIterator[Consumer]:
+async def watcher(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[Consumer]:
     """An app watching every shadow topic of the thing (requests, answers and events)."""
-    async with connected(pki, shadow_broker, "test-consumer", "test-consumer") as transport:
+    async with connected(pki, broker, "test-consumer", "test-consumer") as transport:
         consumer = Consumer(transport)
         await consumer.subscribe(f"$aws/things/{THING}/shadow/#")
         yield consumer
@@ -213,8 +200,8 @@ async def test_oversized_document_is_413(service: ShadowService, device: ShadowC
     assert service.document(THING, "config") is None
 
 
-async def test_the_size_limit_is_configurable(pki: Pki, shadow_broker: MosquittoBroker, device: ShadowCaller) -> None:
-    async with running_service(pki, shadow_broker, max_document_bytes=64):
+async def test_the_size_limit_is_configurable(pki: Pki, broker: MosquittoBroker, device: ShadowCaller) -> None:
+    async with running_service(pki, broker, max_document_bytes=64):
         accepted, answer = await device.request(CONFIG, "update", {"state": {"desired": {"blob": "x" * 64}}})
     assert not accepted
     assert answer["code"] == 413
@@ -300,10 +287,8 @@ async def test_the_cloud_side_sets_desired_and_the_device_hears_it(
         await service.delete(THING, "config")
 
 
-async def test_requests_over_the_rate_limit_are_429(
-    pki: Pki, shadow_broker: MosquittoBroker, device: ShadowCaller
-) -> None:
-    async with running_service(pki, shadow_broker, rate_limit_per_s=1.0) as svc:
+async def test_requests_over_the_rate_limit_are_429(pki: Pki, broker: MosquittoBroker, device: ShadowCaller) -> None:
+    async with running_service(pki, broker, rate_limit_per_s=1.0) as svc:
         first = await device.request(CONFIG, "get", {"clientToken": "1"})
         second = await device.request(CONFIG, "get", {"clientToken": "2"})
     assert first == (False, {"code": 404, "message": "No shadow exists with name: 'config'", "clientToken": "1"})
@@ -322,8 +307,8 @@ def run_cli(pki: Pki, broker: MosquittoBroker, *args: str) -> subprocess.Complet
     )
 
 
-def test_cli_serves_and_sets_desired_by_hand(pki: Pki, shadow_broker: MosquittoBroker, tmp_path: Path) -> None:
-    where = ["--pki", str(pki.directory), "--port", str(shadow_broker.port)]
+def test_cli_serves_and_sets_desired_by_hand(pki: Pki, broker: MosquittoBroker, tmp_path: Path) -> None:
+    where = ["--pki", str(pki.directory), "--port", str(broker.port)]
     server = subprocess.Popen(
         [sys.executable, "-m", "simulators.shadow", "serve", *where],
         stdout=subprocess.PIPE,
@@ -335,16 +320,14 @@ def test_cli_serves_and_sets_desired_by_hand(pki: Pki, shadow_broker: MosquittoB
         assert server.stdout.readline().startswith("READY shadow service on mqtts://127.0.0.1:")
         desired = tmp_path / "desired.json"
         desired.write_text(json.dumps({"rate_ms": 250}))
-        done = run_cli(pki, shadow_broker, "set", "--thing", THING, "--name", "cli", "--file", str(desired))
+        done = run_cli(pki, broker, "set", "--thing", THING, "--name", "cli", "--file", str(desired))
         assert done.returncode == 0, done.stderr
         assert done.stderr.strip() == f"$aws/things/{THING}/shadow/name/cli/update/accepted"
         assert json.loads(done.stdout)["state"] == {"desired": {"rate_ms": 250}}
-        stale = run_cli(
-            pki, shadow_broker, "set", "--thing", THING, "--name", "cli", "--reported", "{}", "--version", "7"
-        )
+        stale = run_cli(pki, broker, "set", "--thing", THING, "--name", "cli", "--reported", "{}", "--version", "7")
         assert stale.returncode == 1
         assert json.loads(stale.stdout)["code"] == 409
-        got = run_cli(pki, shadow_broker, "get", "--thing", THING, "--name", "cli")
+        got = run_cli(pki, broker, "get", "--thing", THING, "--name", "cli")
         assert got.returncode == 0, got.stderr
         assert json.loads(got.stdout)["state"]["delta"] == {"rate_ms": 250}
     finally:
