@@ -93,6 +93,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    if config.publisher.mqtt.ipc:
+        from edge_gateway import greengrass  # noqa: PLC0415 - only in IPC mode
+
+        try:
+            greengrass.ipc_environment(os.environ)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
     from edge_gateway.shadow_config import AppliedConfig, boot_config  # noqa: PLC0415 - keep `validate` light
     from edge_gateway.supervisor import Gateway  # noqa: PLC0415
 

@@ -14,11 +14,13 @@ from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from edge_gateway.errors import ConfigError, FieldError
 
 _ALIAS_PATTERN = r"^[A-Za-z0-9_.:\-/]{1,128}$"
 _NAME_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+_MISSING_FOR_DIRECT = "missing_for_direct_mqtt"
 
 
 class _Model(BaseModel):
@@ -140,13 +142,18 @@ class HttpProxySettings(_Model):
 
 
 class MqttSettings(_Reconnecting):
-    endpoint: str = Field(min_length=1, description="IoT Core ATS endpoint or a local broker host")
+    # direct = the gateway's own MQTT connection (endpoint, certificate and key required); greengrass_ipc =
+    # through the Greengrass nucleus (PublishToIoTCore and ShadowManager over IPC, docs/deployment.md),
+    # with no connection of its own: then only ack_timeout_s and the reconnect delays below are used.
+    mode: Literal["direct", "greengrass_ipc"] = "direct"
+    # Required with mode "direct" (the default "" means not set).
+    endpoint: str = Field(default="", description="IoT Core ATS endpoint or a local broker host")
     port: int = Field(default=443, ge=1, le=65535)
     # Default: "<thing_name>-gateway" (the Greengrass nucleus already uses the thing name).
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     ca_file: Path | None = None
-    cert_file: Path
-    key_file: Path
+    cert_file: Path | None = None  # required with mode "direct"
+    key_file: Path | None = None  # required with mode "direct"
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
     ping_timeout_ms: int = Field(default=3000, ge=100, le=60_000)
     ack_timeout_s: int = Field(default=10, ge=1, le=600)
@@ -157,6 +164,22 @@ class MqttSettings(_Reconnecting):
     # local broker in benchmarks.
     iot_core_flow_control: bool = True
     proxy: HttpProxySettings | None = None
+
+    @model_validator(mode="after")
+    def _direct_needs_a_connection(self) -> Self:
+        if self.mode != "direct":
+            return self
+        missing = [name for name in ("endpoint", "cert_file", "key_file") if not getattr(self, name)]
+        if missing:
+            # Reported by field_errors as "<path>.<field>: Field required", like any required field.
+            raise PydanticCustomError(
+                _MISSING_FOR_DIRECT, "{missing} required with mode direct", {"missing": ",".join(missing)}
+            )
+        return self
+
+    @property
+    def ipc(self) -> bool:
+        return self.mode == "greengrass_ipc"
 
 
 class DestinationBase(_Model):
@@ -280,6 +303,8 @@ class GatewayConfig(_Model):
 
     @property
     def client_id(self) -> str:
+        if self.publisher.mqtt.ipc:  # the nucleus' own connection, whose client id is the thing name
+            return self.gateway.thing_name
         return self.publisher.mqtt.client_id or f"{self.gateway.thing_name}-gateway"
 
     @property
@@ -339,6 +364,9 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     errors = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in err["loc"]) or "(document)"
+        if err["type"] == _MISSING_FOR_DIRECT:
+            errors += [FieldError(f"{path}.{name}", "Field required") for name in err["ctx"]["missing"].split(",")]
+            continue
         errors.append(FieldError(path, err["msg"]))
     return errors
 
@@ -391,8 +419,8 @@ def resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
                             if mqtt.proxy and mqtt.proxy.password_file
                             else mqtt.proxy,
                             "ca_file": fix(mqtt.ca_file) if mqtt.ca_file else None,
-                            "cert_file": fix(mqtt.cert_file),
-                            "key_file": fix(mqtt.key_file),
+                            "cert_file": fix(mqtt.cert_file) if mqtt.cert_file else None,
+                            "key_file": fix(mqtt.key_file) if mqtt.key_file else None,
                         }
                     ),
                 }

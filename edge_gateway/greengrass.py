@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ ORIGIN = "Greengrass component configuration"
 
 # Set by the nucleus for every component.
 THING_NAME = "AWS_IOT_THING_NAME"
+IPC_SOCKET = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+IPC_TOKEN = "SVCUID"  # noqa: S105 - the variable's name, not a secret
 ROOT_CA = "GG_ROOT_CA_PATH"
 REGION = "AWS_REGION"
 # Set by recipe.yaml (Run.Setenv).
@@ -150,15 +152,10 @@ def apply_environment(doc: Mapping[str, Any], env: Mapping[str, str]) -> tuple[d
         node[path[-1]] = value
         notes.append(Note(logging.INFO, f"{where} = {value} (from {source})"))
 
-    mqtt = ("publisher", "mqtt")
-    fill((*mqtt, "endpoint"), setting(env, ENDPOINT), "the component configuration's endpoint")
-    fill((*mqtt, "port"), _port(setting(env, PORT), errors), "the component configuration's port")
-    fill((*mqtt, "cert_file"), setting(env, CERT_FILE), "the component configuration's certFile")
-    fill((*mqtt, "key_file"), setting(env, KEY_FILE), "the component configuration's keyFile")
-    if ca_file := setting(env, CA_FILE):
-        fill((*mqtt, "ca_file"), ca_file, "the component configuration's caFile")
+    if _ipc_mode(out):  # the nucleus holds the connection: endpoint and certificates are not used
+        notes.append(Note(logging.INFO, "publisher.mqtt.mode is greengrass_ipc: publishing through the nucleus"))
     else:
-        fill((*mqtt, "ca_file"), setting(env, ROOT_CA), f"the nucleus' root CA ({ROOT_CA})")
+        _fill_connection(fill, env, errors)
     core = thing_name(env)
     fill(("gateway", "thing_name"), core, "the Greengrass core's thing name")
     work = setting(env, WORK_DIR)
@@ -168,6 +165,40 @@ def apply_environment(doc: Mapping[str, Any], env: Mapping[str, str]) -> tuple[d
     if errors:
         raise ConfigError(ORIGIN, errors)
     return out, notes
+
+
+def _ipc_mode(doc: Mapping[str, Any]) -> bool:
+    publisher = doc.get("publisher")
+    mqtt = publisher.get("mqtt") if isinstance(publisher, Mapping) else None
+    return isinstance(mqtt, Mapping) and mqtt.get("mode") == "greengrass_ipc"
+
+
+def ipc_environment(env: Mapping[str, str]) -> tuple[str, str]:
+    """The nucleus socket and this component's SVCUID token, which the nucleus gives every component process
+    (``publisher.mqtt.mode: greengrass_ipc``); ``ConfigError`` saying what is missing."""
+    socket_path, token = env.get(IPC_SOCKET, "").strip(), env.get(IPC_TOKEN, "").strip()
+    missing = [name for name, value in ((IPC_SOCKET, socket_path), (IPC_TOKEN, token)) if not value]
+    if missing:
+        message = (
+            f"{' and '.join(missing)} not set: mode greengrass_ipc talks to the Greengrass nucleus, which sets them "
+            "for the component's processes; run the gateway as the component (recipe.yaml), or use mode direct"
+        )
+        raise ConfigError("the environment", [FieldError("publisher.mqtt.mode", message)])
+    return socket_path, token
+
+
+def _fill_connection(
+    fill: Callable[[tuple[str, ...], object | None, str], None], env: Mapping[str, str], errors: list[FieldError]
+) -> None:
+    mqtt = ("publisher", "mqtt")
+    fill((*mqtt, "endpoint"), setting(env, ENDPOINT), "the component configuration's endpoint")
+    fill((*mqtt, "port"), _port(setting(env, PORT), errors), "the component configuration's port")
+    fill((*mqtt, "cert_file"), setting(env, CERT_FILE), "the component configuration's certFile")
+    fill((*mqtt, "key_file"), setting(env, KEY_FILE), "the component configuration's keyFile")
+    if ca_file := setting(env, CA_FILE):
+        fill((*mqtt, "ca_file"), ca_file, "the component configuration's caFile")
+    else:
+        fill((*mqtt, "ca_file"), setting(env, ROOT_CA), f"the nucleus' root CA ({ROOT_CA})")
 
 
 def _port(value: str | None, errors: list[FieldError]) -> int | None:

@@ -43,6 +43,8 @@ _SECRETS = "identity and secrets never come from the shadow"
 LOCAL_ONLY: dict[tuple[str, ...], str] = {
     ("gateway",): f"thing name and data directory are set in the local config file only ({_SECRETS})",
     ("buffer",): "buffer settings size this device's disk and need a restart: set them in the local config file",
+    ("publisher", "mqtt", "mode"): "how the gateway reaches the cloud (its own connection or the Greengrass "
+    "nucleus) is set in the local config file only",
     ("publisher", "mqtt", "client_id"): f"the client id is the device's identity ({_SECRETS})",
     ("publisher", "mqtt", "ca_file"): f"certificate paths are set in the local config file only ({_SECRETS})",
     ("publisher", "mqtt", "cert_file"): f"certificate paths are set in the local config file only ({_SECRETS})",

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.publish.presence import Presence
 from edge_gateway.publish.publisher import Publisher, encoder_for
+from edge_gateway.publish.transport import Transport
 from edge_gateway.shadow import ShadowAgent
 from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, diff
 from edge_gateway.sources.base import Source, SourceState
@@ -47,6 +49,19 @@ SOURCE_TYPES: dict[type[SourceConfig], Callable[[Any], Source]] = {
     OpcUaSource: OpcUaReader,
     ModbusTcpSource: ModbusReader,
 }
+
+
+def make_transport(config: GatewayConfig, will: tuple[str, bytes]) -> Transport:
+    """The gateway's own MQTT connection (with ``will`` as its Last Will), or the Greengrass nucleus' IPC
+    (``publisher.mqtt.mode: greengrass_ipc``: no Last Will exists there)."""
+    mqtt = config.publisher.mqtt
+    if not mqtt.ipc:
+        return MqttTransport(mqtt, config.client_id, will=will)
+    from edge_gateway import greengrass  # noqa: PLC0415 - only in IPC mode
+    from edge_gateway.publish.greengrass_ipc import GreengrassIpcTransport  # noqa: PLC0415
+
+    socket_path, token = greengrass.ipc_environment(os.environ)
+    return GreengrassIpcTransport(mqtt, config.gateway.thing_name, socket_path=socket_path, token=token)
 
 
 def make_buffer(config: GatewayConfig) -> Buffer:
@@ -133,7 +148,7 @@ class Gateway:
             heartbeat_s=config.status.heartbeat_s,
             snapshot=lambda: self.status.latest,
         )
-        self.transport = MqttTransport(config.publisher.mqtt, config.client_id, will=self.presence.will)
+        self.transport = make_transport(config, self.presence.will)
         self.presence.attach(self.transport)
         self.sources = [SOURCE_TYPES[type(s)](s) for s in config.sources]
         dl = config.publisher.dead_letter

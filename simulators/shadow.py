@@ -381,7 +381,8 @@ async def _cli_serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with service:
         print(
-            f"READY shadow service on mqtts://{settings.endpoint}:{settings.port} as {settings.cert_file.stem}",
+            f"READY shadow service on mqtts://{settings.endpoint}:{settings.port}"
+            f" as {settings.cert_file.stem if settings.cert_file else '?'}",
             flush=True,
         )
         await stop.wait()

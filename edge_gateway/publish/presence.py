@@ -1,7 +1,9 @@
 """Presence and heartbeat on the status topic.
 
 - Presence: ``online`` on every connect, ``stopped`` on a clean shutdown, and the MQTT 5 Last Will
-  ``offline`` that the broker publishes when the connection dies without a DISCONNECT.
+  ``offline`` that the broker publishes when the connection dies without a DISCONNECT. Over Greengrass IPC
+  (``publisher.mqtt.mode: greengrass_ipc``) there is no Last Will: no ``offline``, the nucleus' own
+  status is the equivalent; ``online``, ``stopped`` and heartbeats go out as usual.
 - Heartbeat: every ``heartbeat_s`` while connected, and right after each ``online`` (so after an outage the
   first thing the cloud sees is a fresh status), the newest status snapshot (status.py).
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from edge_gateway import __version__
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.transport import Transport
 
 _log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -66,7 +68,7 @@ class Presence:
     def stopped(self) -> tuple[str, bytes]:
         return self.topic, self.message("stopped")
 
-    def attach(self, transport: MqttTransport) -> None:
+    def attach(self, transport: Transport) -> None:
         """Announce ``online``, then a fresh heartbeat, after every connect of ``transport``."""
 
         def announce() -> None:
@@ -76,14 +78,14 @@ class Presence:
 
         transport.on_connect(announce)
 
-    async def _announce(self, transport: MqttTransport) -> None:
+    async def _announce(self, transport: Transport) -> None:
         try:
             await transport.publish(self.topic, self.message("online"))
         except PublishError as exc:
             _log.warning("presence: 'online' on %s not delivered: %s", self.topic, exc)
         await self.beat(transport)
 
-    async def beat(self, transport: MqttTransport) -> None:
+    async def beat(self, transport: Transport) -> None:
         """One heartbeat now, unless disconnected, nothing to say yet, or the previous one is unacknowledged."""
         status = self.snapshot()
         if status is None or self._beating or not transport.connected:
@@ -96,7 +98,7 @@ class Presence:
         finally:
             self._beating = False
 
-    async def run(self, transport: MqttTransport) -> None:
+    async def run(self, transport: Transport) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             await self.beat(transport)

@@ -27,6 +27,7 @@ from scripts import build_component as build
 ROOT = Path(__file__).parents[2]
 RECIPE = ROOT / "recipe.yaml"
 THING = "line1-gw"
+SITEWISE_TYPES = ("double", "integer", "boolean", "string")  # the {type} of SiteWise topics
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,8 @@ def test_every_thing_name_variable_is_quoted(recipe: dict[str, Any]) -> None:
     uses = [line for line in text.splitlines() if "{iot:thingName}" in line]
     assert uses
     for line in uses:
-        value = line.split(":", 1)[1].strip()
+        item = line.strip()
+        value = item[2:] if item.startswith("- ") else line.split(": ", 1)[1].strip()
         assert value[0] in "\"'", line  # unquoted, YAML reads a flow mapping
     setenv = lifecycle(recipe)["Run"]["Setenv"]
     assert all(isinstance(v, str) for v in setenv.values())
@@ -173,12 +175,51 @@ def test_default_configuration_holds_numbers_as_strings(recipe: dict[str, Any]) 
     assert int(defaults["port"]) == 443
 
 
-def test_access_control_grants_exactly_what_is_used(recipe: dict[str, Any]) -> None:
-    """The gateway has its own MQTT connection (client id <thing>-gateway): no IPC, so no grant at all.
-    A module that starts using the nucleus IPC client must come with the exact operations and topics."""
-    uses_ipc = any("greengrasscoreipc" in p.read_text(encoding="utf-8") for p in (ROOT / "edge_gateway").rglob("*.py"))
-    assert ("accessControl" in default_configuration(recipe)) == uses_ipc
-    assert "ComponentDependencies" not in recipe  # not on the nucleus either: that could update it
+def _ipc_calls() -> set[str]:
+    """The IPC operations the package calls (the V2 client's ``*_async`` methods), as model names."""
+    used = set()
+    for path in (ROOT / "edge_gateway").rglob("*.py"):
+        for method in re.findall(r"\.(\w+)_async\(", path.read_text(encoding="utf-8")):
+            used.add("aws.greengrass#" + "".join(part.title() for part in method.split("_")).replace("Iot", "IoT"))
+    return used
+
+
+def test_access_control_grants_exactly_what_the_ipc_transport_uses(recipe: dict[str, Any]) -> None:
+    """Only edge_gateway/publish/greengrass_ipc.py talks to the nucleus (publisher.mqtt.mode greengrass_ipc):
+    the recipe grants exactly its operations, on the default data and status topics, the named shadow and
+    the shadow's local delta topic, each with the thing name variable; nothing else."""
+    users = [p for p in (ROOT / "edge_gateway").rglob("*.py") if "greengrasscoreipc" in p.read_text(encoding="utf-8")]
+    assert [p.name for p in users] == ["greengrass_ipc.py"]
+    access = default_configuration(recipe)["accessControl"]
+    grants: dict[str, set[tuple[str, str]]] = {}
+    for destination, policies in access.items():
+        for policy in policies.values():
+            pairs = {(op, res) for op in policy["operations"] for res in policy["resources"]}
+            grants.setdefault(destination, set()).update(pairs)
+    assert {op for pairs in grants.values() for op, _ in pairs} == _ipc_calls()
+    thing = "{iot:thingName}"
+    data = IotCoreDestination(type="iotcore", name="d").topic.format(thing=thing, source="+")
+    status = StatusSettings().topic.format(thing=thing)
+    sitewise = SiteWiseDestination(type="sitewise", name="s").topic
+    shadow = f"$aws/things/{thing}/shadow/name/{ShadowSettings().name}"
+    assert data == status.rsplit("/", 1)[0] + "/+"  # one grant covers every source and the status topic
+    publish = "aws.greengrass#PublishToIoTCore"
+    expected_topics = {data} | {sitewise.format(type=t, thing=thing, source="+") for t in SITEWISE_TYPES}
+    assert grants == {
+        "aws.greengrass.ipc.mqttproxy": {(publish, topic) for topic in expected_topics},
+        "aws.greengrass.ShadowManager": {
+            ("aws.greengrass#GetThingShadow", shadow),
+            ("aws.greengrass#UpdateThingShadow", shadow),
+        },
+        "aws.greengrass.ipc.pubsub": {("aws.greengrass#SubscribeToTopic", f"{shadow}/update/delta")},
+    }
+
+
+def test_the_only_dependency_is_shadow_manager_soft(recipe: dict[str, Any]) -> None:
+    # Not on the nucleus: that could update it. SOFT: a ShadowManager restart does not restart the gateway.
+    assert recipe["ComponentDependencies"] == {
+        "aws.greengrass.ShadowManager": {"VersionRequirement": ">=2.0.0 <3.0.0", "DependencyType": "SOFT"}
+    }
 
 
 def test_one_zip_artifact_named_after_zip_name(recipe: dict[str, Any], component: build.Component) -> None:
