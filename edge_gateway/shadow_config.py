@@ -225,7 +225,7 @@ def boot_config(local: GatewayConfig, saved: AppliedConfig | None) -> tuple[Gate
     if saved is None:
         return local, None
     try:
-        return effective_config(local, copy.deepcopy(saved.desired)), saved
+        return effective_config(local, saved.desired), saved
     except ConfigError as exc:
         _log.warning(
             "the saved shadow config (version %d) no longer fits the local config file, running the file alone: %s",

@@ -226,10 +226,12 @@ def gateway_config(
 
 
 class GatewayProcess:
-    """The gateway as a user runs it: `python -m edge_gateway run --config FILE`."""
+    """The gateway as a user runs it: `python -m edge_gateway run --config FILE`, with ``environ`` added to
+    the environment (e.g. what the Greengrass nucleus sets for a component)."""
 
-    def __init__(self, config: dict[str, Any], directory: Path) -> None:
+    def __init__(self, config: dict[str, Any], directory: Path, environ: dict[str, str] | None = None) -> None:
         self.directory = directory
+        self.environ = environ or {}
         self.config_path = directory / "gateway.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.status_path = Path(config["gateway"]["data_dir"]) / "status.json"
@@ -243,7 +245,7 @@ class GatewayProcess:
                 [sys.executable, "-m", "edge_gateway", "run", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=log,
-                env=os.environ | {"PYTHONUNBUFFERED": "1"},
+                env=os.environ | self.environ | {"PYTHONUNBUFFERED": "1"},
             )
 
     def status(self) -> dict[str, Any]:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,20 +33,7 @@ STATUS = f"dt/{THING}/status"
 
 
 class IpcGatewayProcess(GatewayProcess):
-    """``python -m edge_gateway run --config FILE`` with the nucleus' environment for the component."""
-
-    def __init__(self, config: dict[str, Any], directory: Path, environ: dict[str, str]) -> None:
-        super().__init__(config, directory)
-        self.environ = environ
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_gateway", "run", "--config", str(self.config_path)],
-                stdout=log,
-                stderr=log,
-                env=os.environ | self.environ | {"PYTHONUNBUFFERED": "1"},
-            )
+    """The gateway run with the nucleus' environment for the component (``environ``)."""
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
