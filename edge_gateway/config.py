@@ -13,26 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from edge_gateway.config_common import NAME_PATTERN, Model, Reconnecting, check_unique
 from edge_gateway.errors import ConfigError, FieldError
+from edge_gateway.sources.modbus_config import ModbusTcpSource
+from edge_gateway.sources.opcua_config import OpcUaSource
 
-_ALIAS_PATTERN = r"^[A-Za-z0-9_.:\-/]{1,128}$"
-_NAME_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 _MISSING_FOR_DIRECT = "missing_for_direct_mqtt"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GatewaySettings(_Model):
+class GatewaySettings(Model):
     thing_name: str = Field(pattern=r"^[a-zA-Z0-9:_\-]{1,128}$", description="AWS IoT thing name")
     data_dir: Path = Field(default=Path("var"), description="where the buffer and state live")
 
 
-class BufferSettings(_Model):
+class BufferSettings(Model):
     type: Literal["disk", "memory"] = "disk"
     # Default: <data_dir>/buffer
     path: Path | None = None
@@ -52,79 +49,10 @@ class BufferSettings(_Model):
         return self
 
 
-class OpcUaNode(_Model):
-    alias: str = Field(pattern=_ALIAS_PATTERN)
-    node_id: str = Field(min_length=1, description='OPC UA NodeId string, e.g. "ns=2;s=Line1.Counter"')
-
-
-class _Reconnecting(_Model):
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
-
-    @model_validator(mode="after")
-    def _backoff_bounds(self) -> Self:
-        if self.reconnect_min_s > self.reconnect_max_s:
-            msg = f"reconnect_min_s ({self.reconnect_min_s}) must not exceed reconnect_max_s ({self.reconnect_max_s})"
-            raise ValueError(msg)
-        return self
-
-
-class OpcUaSource(_Reconnecting):
-    type: Literal["opcua"]
-    name: str = Field(pattern=_NAME_PATTERN)
-    endpoint: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port[/path]")
-    publishing_interval_ms: int = Field(default=500, ge=10, le=3_600_000)
-    sampling_interval_ms: int = Field(default=0, ge=0, le=3_600_000)
-    queue_size: int = Field(default=100, ge=1, le=10_000)
-    timeout_s: float = Field(default=10.0, gt=0, le=300)
-    nodes: list[OpcUaNode] = Field(min_length=1)
-
-    @field_validator("nodes")
-    @classmethod
-    def _unique_aliases(cls, nodes: list[OpcUaNode]) -> list[OpcUaNode]:
-        _check_unique([n.alias for n in nodes], "alias")
-        return nodes
-
-
-ModbusDataType = Literal["int16", "uint16", "int32", "uint32", "float32"]
-
-
-class ModbusPoint(_Model):
-    alias: str = Field(pattern=_ALIAS_PATTERN)
-    table: Literal["holding", "input"] = "holding"
-    address: int = Field(ge=0, le=65535, description="0-based register address (PDU address)")
-    data_type: ModbusDataType = "uint16"
-    # Word order for 32-bit types: "big" = high word first (Modbus convention), "little" = low word first.
-    word_order: Literal["big", "little"] = "big"
-    scale: float = 1.0
-    offset: float = 0.0
-
-    @property
-    def register_count(self) -> int:
-        return 1 if self.data_type in ("int16", "uint16") else 2
-
-
-class ModbusTcpSource(_Reconnecting):
-    type: Literal["modbus"]
-    name: str = Field(pattern=_NAME_PATTERN)
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=255)
-    poll_interval_ms: int = Field(default=1000, ge=10, le=3_600_000)
-    timeout_s: float = Field(default=2.0, gt=0, le=60)
-    points: list[ModbusPoint] = Field(min_length=1)
-
-    @field_validator("points")
-    @classmethod
-    def _unique_aliases(cls, points: list[ModbusPoint]) -> list[ModbusPoint]:
-        _check_unique([p.alias for p in points], "alias")
-        return points
-
-
 SourceConfig = Annotated[OpcUaSource | ModbusTcpSource, Field(discriminator="type")]
 
 
-class HttpProxySettings(_Model):
+class HttpProxySettings(Model):
     """An HTTP proxy the plant requires for outbound connections (HTTP CONNECT tunnel)."""
 
     host: str = Field(min_length=1)
@@ -141,7 +69,7 @@ class HttpProxySettings(_Model):
         return self
 
 
-class MqttSettings(_Reconnecting):
+class MqttSettings(Reconnecting):
     # direct = the gateway's own MQTT connection (endpoint, certificate and key required); greengrass_ipc =
     # through the Greengrass nucleus (PublishToIoTCore and ShadowManager over IPC, docs/deployment.md),
     # with no connection of its own: then only ack_timeout_s and the reconnect delays below are used.
@@ -182,10 +110,10 @@ class MqttSettings(_Reconnecting):
         return self.mode == "greengrass_ipc"
 
 
-class DestinationBase(_Model):
+class DestinationBase(Model):
     """What every destination has: its own buffer cursor (by name), batching, in-flight window, refusals."""
 
-    name: str = Field(pattern=_NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN)
     max_message_bytes: int = Field(default=126_000, ge=1024, le=128_000)
     max_latency_ms: int = Field(default=1000, ge=1, le=60_000)
     max_in_flight: int = Field(default=16, ge=1, le=100)
@@ -238,7 +166,7 @@ class SiteWiseDestination(DestinationBase):
 DestinationConfig = Annotated[IotCoreDestination | SiteWiseDestination, Field(discriminator="type")]
 
 
-class DeadLetterSettings(_Model):
+class DeadLetterSettings(Model):
     # What the cloud can never take (a permanent refusal, a value SiteWise cannot accept): JSON lines.
     # Default path: <data_dir>/dead-letter.jsonl. Disk use is at most (max_files + 1) * max_file_bytes.
     path: Path | None = None
@@ -246,7 +174,7 @@ class DeadLetterSettings(_Model):
     max_files: int = Field(default=4, ge=0, le=100)
 
 
-class PublisherSettings(_Model):
+class PublisherSettings(Model):
     mqtt: MqttSettings
     destinations: list[DestinationConfig] = Field(min_length=1)
     dead_letter: DeadLetterSettings = DeadLetterSettings()
@@ -254,11 +182,11 @@ class PublisherSettings(_Model):
     @field_validator("destinations")
     @classmethod
     def _unique_names(cls, dests: list[DestinationConfig]) -> list[DestinationConfig]:
-        _check_unique([d.name for d in dests], "name")
+        check_unique([d.name for d in dests], "name")
         return dests
 
 
-class StatusSettings(_Model):
+class StatusSettings(Model):
     # A small JSON file the running gateway rewrites so `edge-gateway status` and the demo can show it.
     file: Path | None = None
     interval_s: float = Field(default=2.0, gt=0, le=3600)
@@ -274,7 +202,7 @@ class StatusSettings(_Model):
         return _publish_topic(topic, {"thing"})
 
 
-class ShadowSettings(_Model):
+class ShadowSettings(Model):
     """Remote configuration through a named device shadow (docs/configuration.md, "Device shadow")."""
 
     enabled: bool = True
@@ -286,7 +214,7 @@ class ShadowSettings(_Model):
     confirm_window_s: float = Field(default=120.0, ge=1, le=3600)
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(Model):
     version: Literal[1] = 1
     gateway: GatewaySettings
     buffer: BufferSettings = BufferSettings()
@@ -298,7 +226,7 @@ class GatewayConfig(_Model):
     @field_validator("sources")
     @classmethod
     def _unique_source_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
-        _check_unique([s.name for s in sources], "name")
+        check_unique([s.name for s in sources], "name")
         return sources
 
     @property
@@ -327,14 +255,6 @@ class GatewayConfig(_Model):
     def shadow_state_path(self) -> Path:
         """The last shadow config applied, kept so a boot without network runs it again."""
         return self.gateway.data_dir / "shadow" / f"{self.shadow.name}.applied.json"
-
-
-def _check_unique(values: list[str], what: str) -> None:
-    seen: set[str] = set()
-    dupes = sorted({v for v in values if v in seen or seen.add(v)})  # type: ignore[func-returns-value]
-    if dupes:
-        msg = f"duplicate {what}(s): {', '.join(dupes)}"
-        raise ValueError(msg)
 
 
 def _only_placeholders(template: str, allowed: set[str]) -> str:

@@ -24,7 +24,7 @@ from edge_gateway.backoff import Backoff
 from edge_gateway.buffer.base import Buffer
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.buffer.memory import MemoryBuffer
-from edge_gateway.config import DestinationConfig, GatewayConfig, ModbusTcpSource, OpcUaSource, SourceConfig
+from edge_gateway.config import DestinationConfig, GatewayConfig, SourceConfig
 from edge_gateway.errors import StorageError
 from edge_gateway.model import Reading
 from edge_gateway.publish.deadletter import DeadLetterFile
@@ -36,7 +36,9 @@ from edge_gateway.shadow import ShadowAgent
 from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, diff
 from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
+from edge_gateway.sources.modbus_config import ModbusTcpSource
 from edge_gateway.sources.opcua import OpcUaReader
+from edge_gateway.sources.opcua_config import OpcUaSource
 from edge_gateway.status import StatusReporter, clock_synchronised
 from edge_gateway.tasks import cancel_and_wait, raise_if_cancelling
 

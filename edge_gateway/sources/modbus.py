@@ -31,10 +31,10 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ExceptionResponse
 
 from edge_gateway.backoff import Backoff
-from edge_gateway.config import ModbusPoint, ModbusTcpSource
 from edge_gateway.model import Quality, Reading, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
 from edge_gateway.sources.modbus_codec import ReadRequest, decode, plan_reads
+from edge_gateway.sources.modbus_config import ModbusPoint, ModbusTcpSource
 from edge_gateway.tasks import raise_if_cancelling
 
 _log = logging.getLogger(__name__)

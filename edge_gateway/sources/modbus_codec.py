@@ -15,7 +15,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge_gateway.config import ModbusPoint
+from edge_gateway.sources.modbus_config import ModbusPoint
 
 MAX_REGISTERS = 125
 

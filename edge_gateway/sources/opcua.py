@@ -54,9 +54,9 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from edge_gateway.backoff import Backoff
-from edge_gateway.config import OpcUaSource
 from edge_gateway.model import Quality, Reading, Value, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
+from edge_gateway.sources.opcua_config import OpcUaSource
 from edge_gateway.tasks import raise_if_cancelling
 
 _log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from typing import Any, Self
 import pytest
 from pymodbus.constants import ExcCodes
 
-from edge_gateway.config import ModbusTcpSource
 from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.modbus import ModbusReader
+from edge_gateway.sources.modbus_config import ModbusTcpSource
 from simulators.iot_core import free_port
 from simulators.modbus_plc import REGISTERS, ModbusPlc
 from tests.support import start_sim, stop_process

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from asyncua.client.client import Client
 
-from edge_gateway.config import OpcUaSource
 from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.opcua import OpcUaReader
+from edge_gateway.sources.opcua_config import OpcUaSource
 from simulators.iot_core import free_port
 from simulators.opcua_plc import NAMESPACE, TAGS, OpcUaPlc, node_id
 from tests.support import start_sim, stop_process
