@@ -126,30 +126,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _show_status(doc: dict[str, Any], *, as_json: bool, heartbeat: bool) -> str:
     from edge_gateway.status import render  # noqa: PLC0415
 
+    if as_json:
+        return json.dumps(doc, indent=2)
+    if not heartbeat:
+        return render(doc)
+    sent = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc["time"]))
+    return f"last heartbeat acknowledged by the broker, sent {sent} ({doc['state']})\n{render(doc['status'])}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
     path: Path = args.file
     if path is None:
         config = _load(args.config) if args.config else None
         if config is None:
             print("status needs --file STATUS.json or a valid --config FILE", file=sys.stderr)
             return EXIT_CONFIG
-        path = config.status_path
+        path = config.last_heartbeat_path if args.last_heartbeat else config.status_path
     while True:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            print(f"no status at {path} ({exc}); is the gateway running?", file=sys.stderr)
+            what = "heartbeat acknowledged yet" if args.last_heartbeat else "status"
+            print(f"no {what} at {path} ({exc}); is the gateway running?", file=sys.stderr)
             if not args.watch:
                 return EXIT_FAILED
         else:
-            if args.json:
-                print(json.dumps(doc, indent=2))
-            else:
-                if args.watch:
-                    print("\033[2J\033[H", end="")
-                print(render(doc), flush=True)
+            if args.watch and not args.json:
+                print("\033[2J\033[H", end="")
+            print(_show_status(doc, as_json=args.json, heartbeat=args.last_heartbeat), flush=True)
         if not args.watch:
             return EXIT_OK
         time.sleep(args.interval)
@@ -192,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true", help="refresh until interrupted")
     status.add_argument("--interval", type=float, default=1.0)
     status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    status.add_argument(
+        "--last-heartbeat",
+        action="store_true",
+        help="show the last heartbeat the broker acknowledged (as sent) instead of the live status",
+    )
     status.set_defaults(func=cmd_status)
     return parser
 

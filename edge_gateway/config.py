@@ -190,16 +190,33 @@ class StatusSettings(Model):
     # A small JSON file the running gateway rewrites so `edge-gateway status` and the demo can show it.
     file: Path | None = None
     interval_s: float = Field(default=2.0, gt=0, le=3600)
-    # MQTT presence: "online" on every connect, "stopped" on a clean shutdown, and the Last Will
-    # "offline" the broker sends when the connection dies uncleanly. Placeholder: {thing}.
+
+
+class HeartbeatSettings(Model):
+    """The status on MQTT (publish/presence.py): presence ``online`` on every connect, ``stopped`` on a clean
+    shutdown, the Last Will ``offline`` when the connection dies uncleanly, and a fresh status snapshot every
+    ``interval_s`` (and right after every connect). Also a health summary in the shadow's ``reported``."""
+
+    interval_s: float = Field(default=60.0, ge=1, le=86_400)
+    # Placeholder: {thing}. A Basic Ingest topic ($aws/rules/<rule>/...) works too.
     topic: str = Field(default="dt/{thing}/status", min_length=1)
-    # The status snapshot is also sent on that topic every heartbeat_s (and after every connect).
-    heartbeat_s: float = Field(default=60.0, ge=1, le=86_400)
+    # The health summary goes to the shadow only when something material changed, at most this often.
+    shadow_min_interval_s: float = Field(default=300.0, ge=1, le=86_400)
+    shadow_report: bool = True
 
     @field_validator("topic")
     @classmethod
     def _status_topic(cls, topic: str) -> str:
         return _publish_topic(topic, {"thing"})
+
+
+class MetricsSettings(Model):
+    """An optional Prometheus endpoint (``GET /metrics``) for plants that already run Prometheus/Grafana."""
+
+    enabled: bool = False
+    # Loopback by default: the figures are for this machine's Prometheus, not for the plant network.
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=9108, ge=1, le=65535)
 
 
 class ShadowSettings(Model):
@@ -221,6 +238,8 @@ class GatewayConfig(Model):
     sources: list[SourceConfig] = Field(min_length=1)
     publisher: PublisherSettings
     status: StatusSettings = StatusSettings()
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
+    metrics: MetricsSettings = MetricsSettings()
     shadow: ShadowSettings = ShadowSettings()
 
     @field_validator("sources")
@@ -245,11 +264,16 @@ class GatewayConfig(Model):
 
     @property
     def status_topic(self) -> str:
-        return self.status.topic.format(thing=self.gateway.thing_name)
+        return self.heartbeat.topic.format(thing=self.gateway.thing_name)
 
     @property
     def status_path(self) -> Path:
         return self.status.file or self.gateway.data_dir / "status.json"
+
+    @property
+    def last_heartbeat_path(self) -> Path:
+        """The last heartbeat the broker acknowledged, byte for byte, beside the status file."""
+        return self.status_path.with_suffix(".heartbeat.json")
 
     @property
     def shadow_state_path(self) -> Path:

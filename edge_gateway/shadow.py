@@ -86,6 +86,24 @@ class ShadowAgent:
         self._wake = asyncio.Event()
         self.last_status: dict[str, Any] | None = None  # the newest config_status, for the local status
 
+    @property
+    def applied_version(self) -> int | None:
+        """The shadow version of the config that runs; None when the local file alone runs."""
+        return self._applied.version if self._applied is not None else None
+
+    async def report_health(self, health: dict[str, Any]) -> bool:
+        """Put ``health`` in ``reported.health`` (fleet indexing can query it). False if it did not get
+        through and is worth trying again; a refusal for good (e.g. 413: the document is full) is logged
+        and counts as done, so it is not sent again until the health changes."""
+        try:
+            await self._request("update", {"state": {"reported": {"health": health}}})
+        except _RetryError as exc:
+            _log.info("shadow %s: health not reported (%s); trying again at a later heartbeat", self.settings.name, exc)
+            return False
+        except _RejectedError as exc:
+            _log.warning("shadow %s: health summary refused (%s)", self.settings.name, exc)
+        return True
+
     async def run(self) -> None:
         transport = self.gateway.transport
         for topic in ("get/accepted", "get/rejected", "update/accepted", "update/rejected"):

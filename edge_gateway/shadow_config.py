@@ -2,12 +2,13 @@
 
 The shadow's ``desired`` state is the same document as the local config file, restricted to what may be
 changed remotely: ``sources``, ``publisher.destinations``, ``publisher.mqtt`` connection settings
-(endpoint, port, timeouts, backoff, flow control), ``status.interval_s`` / ``status.heartbeat_s`` and
+(endpoint, port, timeouts, backoff, flow control), ``status.interval_s``, ``heartbeat`` intervals and
 ``version``. Objects merge into the local file's key by key; lists (sources, destinations) replace it.
 Identity, secrets and this device's disk layout stay local: ``gateway``, ``buffer`` (sized for this disk,
 reopening it needs a restart), the MQTT client id, certificate and key paths and proxy,
-``publisher.dead_letter``, ``status.file`` / ``status.topic`` (the presence topic is the Last Will) and
-``shadow``. A shadow that sets any of them is rejected with that reason.
+``publisher.dead_letter``, ``status.file``, ``heartbeat.topic`` (the presence topic is the Last Will),
+``metrics`` (a listening port on this machine) and ``shadow``. A shadow that sets any of them is rejected
+with that reason.
 
 ``effective_config(local, desired)`` validates the *whole* result before anything is touched and raises
 ``ConfigError`` with every problem as ``FieldError(path, message)``; paths are those of the shadow
@@ -52,7 +53,8 @@ LOCAL_ONLY: dict[tuple[str, ...], str] = {
     ("publisher", "mqtt", "proxy"): f"the proxy and its credentials are set in the local config file only ({_SECRETS})",
     ("publisher", "dead_letter"): "the dead-letter file is on this device's disk: set it in the local config file",
     ("status", "file"): "a path on this device: set it in the local config file",
-    ("status", "topic"): "the presence topic is the connection's Last Will: set it in the local config file",
+    ("heartbeat", "topic"): "the presence topic is the connection's Last Will: set it in the local config file",
+    ("metrics",): "a listening port on this machine is opened from the local config file only",
     ("shadow",): "which shadow configures the gateway is set in the local config file",
 }
 
@@ -163,7 +165,7 @@ def diff(old: GatewayConfig, new: GatewayConfig) -> ConfigDiff:
         da,
         dr,
         dc,
-        status_changed=old.status != new.status,
+        status_changed=old.status != new.status or old.heartbeat != new.heartbeat,
         mqtt_changed=old.publisher.mqtt != new.publisher.mqtt,
     )
 
@@ -253,11 +255,13 @@ def shadow_schema() -> dict[str, Any]:
     defs["ShadowPublisher"] = only("PublisherSettings", ("publisher",), "ShadowPublisher")
     defs["ShadowPublisher"]["properties"]["mqtt"] = {"$ref": "#/$defs/ShadowMqtt"}
     defs["ShadowStatus"] = only("StatusSettings", ("status",), "ShadowStatus")
+    defs["ShadowHeartbeat"] = only("HeartbeatSettings", ("heartbeat",), "ShadowHeartbeat")
     shadow_props = {
         "version": props["version"],
         "sources": props["sources"],
         "publisher": {"$ref": "#/$defs/ShadowPublisher"},
         "status": {"$ref": "#/$defs/ShadowStatus"},
+        "heartbeat": {"$ref": "#/$defs/ShadowHeartbeat"},
     }
     out: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

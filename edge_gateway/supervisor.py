@@ -26,6 +26,8 @@ from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.buffer.memory import MemoryBuffer
 from edge_gateway.config import DestinationConfig, GatewayConfig, SourceConfig
 from edge_gateway.errors import StorageError
+from edge_gateway.health import HealthReporter
+from edge_gateway.metrics import MetricsServer
 from edge_gateway.model import Reading
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
@@ -39,7 +41,7 @@ from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.modbus_config import ModbusTcpSource
 from edge_gateway.sources.opcua import OpcUaReader
 from edge_gateway.sources.opcua_config import OpcUaSource
-from edge_gateway.status import StatusReporter, clock_synchronised
+from edge_gateway.status import StatusReporter, atomic_write, clock_synchronised
 from edge_gateway.tasks import cancel_and_wait, raise_if_cancelling
 
 _log = logging.getLogger(__name__)
@@ -147,8 +149,9 @@ class Gateway:
             config.status_topic,
             self.thing,
             config.client_id,
-            heartbeat_s=config.status.heartbeat_s,
-            snapshot=lambda: self.status.latest,
+            heartbeat_s=config.heartbeat.interval_s,
+            snapshot=self.status.fresh,
+            on_delivered=self._heartbeat_delivered,
         )
         self.transport = make_transport(config, self.presence.will)
         self.presence.attach(self.transport)
@@ -161,6 +164,9 @@ class Gateway:
         self.publishers = [self._publisher(d, flow_control=flow_control) for d in config.publisher.destinations]
         self.transport.on_connect(self._connection_restored)
         self.shadow: ShadowAgent | None = ShadowAgent(self) if config.shadow.enabled else None
+        self.health = HealthReporter(self._report_health, min_interval_s=config.heartbeat.shadow_min_interval_s)
+        self.metrics = MetricsServer(config.metrics, lambda: self.status.latest) if config.metrics.enabled else None
+        self._background: set[asyncio.Task[Any]] = set()
         self._sink = BufferSink(self.buffer)
         self._tg: asyncio.TaskGroup | None = None
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
@@ -175,7 +181,26 @@ class Gateway:
             encoder=encoder_for(d, self.thing),
             dead_letter=self.dead_letter,
             flow_control=flow_control,
+            gate=self.presence.wait_announced,
         )
+
+    def _heartbeat_delivered(self, payload: bytes, status: dict[str, Any]) -> None:
+        """Keep the last acknowledged heartbeat on disk (``edge-gateway status --last-heartbeat``) and let the
+        shadow's health summary follow it."""
+        task = asyncio.get_running_loop().create_task(self._after_heartbeat(payload, status), name="heartbeat:after")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _after_heartbeat(self, payload: bytes, status: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(atomic_write, self.config.last_heartbeat_path, payload)
+        except OSError as exc:
+            _log.warning("cannot write %s: %s", self.config.last_heartbeat_path, exc)
+        if self.shadow is not None and self.config.heartbeat.shadow_report:
+            await self.health.consider(status)
+
+    async def _report_health(self, health: dict[str, Any]) -> bool:
+        return self.shadow is not None and await self.shadow.report_health(health)
 
     def _connection_restored(self) -> None:
         for p in self.publishers:
@@ -207,7 +232,7 @@ class Gateway:
             await self._apply_destinations(new, change)
             if change.status_changed:
                 self.status.interval_s = new.status.interval_s
-                self.presence.heartbeat_s = new.status.heartbeat_s
+                self.presence.heartbeat_s = new.heartbeat.interval_s
             self.config = new
             if not change.empty:
                 _log.info("configuration changed: %s", change.describe())
@@ -248,6 +273,7 @@ class Gateway:
                 "the system clock is not synchronised (no NTP?): TLS certificate checks and reading timestamps "
                 "depend on it; the status shows it until it is"
             )
+        self._start_metrics()
         await self.transport.start()
         _log.info(
             "gateway %s started: %d source(s), %d destination(s), buffer %s",
@@ -283,11 +309,24 @@ class Gateway:
                     await cancel_and_wait([*self._publisher_tasks.values(), *back])
         finally:
             self._tg = None
-            await self.status.write_once()
+            await self.status.fresh()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.transport.stop(final=self.presence.stopped), 3.0)
+            await cancel_and_wait(self._background)
+            if self.metrics is not None:
+                self.metrics.stop()
             await self.buffer.close()
             _log.info("gateway %s stopped", self.thing)
+
+    def _start_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.start()
+        except OSError as exc:  # e.g. the port is taken: the gateway's job is the data, it runs on without
+            m = self.config.metrics
+            _log.error("Prometheus metrics not served: cannot listen on %s:%d: %s", m.host, m.port, exc)
+            self.metrics = None
 
     async def _drain(self, grace_s: float) -> None:
         """Give in-flight publishes a moment to get their PUBACKs so the next start re-sends less."""

@@ -143,7 +143,7 @@ def shadow_hint(directory: Path) -> str:
     command = [str(python), "-m", "simulators.shadow"]
     where = [] if directory == Path("var/demo").resolve() else ["--dir", str(directory)]
     target = [*where, "--thing", THING, "--name", SHADOW]
-    desired = json.dumps({"status": {"heartbeat_s": 10}})
+    desired = json.dumps({"heartbeat": {"interval_s": 10}})
     set_line = shlex.join([*command, "set", *target, "--desired", desired])
     get_line = shlex.join([*command, "get", *target])
     return (

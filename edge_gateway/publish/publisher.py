@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -121,7 +121,10 @@ class Publisher:
         dead_letter: DeadLetterFile,
         flow_control: bool = True,
         backoff: Backoff | None = None,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``gate``, when given, is awaited before every publish attempt: the gateway uses it so that after
+        a connect the fresh status goes out before any data (publish/presence.py)."""
         self.dest = dest
         self.name = dest.name
         self.buffer = buffer
@@ -143,10 +146,22 @@ class Publisher:
         self._retry_at = 0.0
         self._reconnected = asyncio.Event()
         self._bytes_per_point = 12.0  # learnt from what the encoder makes
+        self._gate = gate
+        # first seq -> gateway timestamp of the first reading, for every batch read and not yet acked
+        self._unacked: dict[int, int] = {}
+
+    @property
+    def oldest_unacked_ns(self) -> int | None:
+        """Gateway timestamp of the oldest reading handed out to this publisher and not acknowledged yet.
+
+        Reads go in sequence order per lane and the backlog lane is the older one, so this is the oldest
+        unsent reading of the destination whenever the publisher has read anything it did not deliver."""
+        return min(self._unacked.values(), default=None)
 
     async def run(self) -> None:
         # Whatever a previous run handed out but never got acked is due again.
         self.buffer.rewind(self.name)
+        self._unacked.clear()
         async with asyncio.TaskGroup() as tg:
             while True:
                 records = await self._next_batch(MAIN_LANE, None, _IDLE_WAIT_S)
@@ -203,6 +218,8 @@ class Publisher:
         batch = _Batch(records[0].seq, records[-1].seq, len(encoded.messages))
         if not encoded.messages:
             self.buffer.ack(self.name, batch.first_seq, batch.last_seq)
+            return
+        self._unacked[batch.first_seq] = records[0].reading.gateway_ts_ns
         for i, msg in enumerate(encoded.messages):
             if lane is not None:
                 await lane.acquire()
@@ -251,6 +268,8 @@ class Publisher:
         try:
             while True:
                 try:
+                    if self._gate is not None:
+                        await self._gate()
                     await self.transport.publish(msg.topic, msg.payload)
                 except PublishError as exc:
                     if not exc.retryable or exc.reason_code in self.dest.dead_letter_codes:
@@ -266,6 +285,7 @@ class Publisher:
                     break
             if batch.message_done():
                 self.buffer.ack(self.name, batch.first_seq, batch.last_seq)
+                self._unacked.pop(batch.first_seq, None)
         finally:
             self.status.in_flight -= 1
             self._window.release()

@@ -281,6 +281,13 @@ async def test_a_cut_path_is_noticed_and_nothing_is_lost(
     assert not during["mqtt"]["connected"]
     assert unacked(during) > unacked(before) + 20 * CUT_S
 
+    oldest = during["destinations"]["cloud"]["oldest_unsent_age_s"]
+    assert oldest is not None
+    assert oldest >= CUT_S - 3  # the oldest unsent reading is from about when the path was cut
+    assert during["destinations"]["cloud"]["drain_eta_s"] is None  # nothing drains while cut
+    assert during["destinations"]["cloud"]["backlog"] == unacked(during)
+
+    seen = len(consumer.messages)
     path.restore()
     restored_at = time.monotonic()
     back = await until_status(gateway, lambda s: s["mqtt"]["connected"], 20, "a reconnect after the cut")
@@ -288,6 +295,20 @@ async def test_a_cut_path_is_noticed_and_nothing_is_lost(
     await until_status(gateway, keeping_up, DRAIN_TIMEOUT_S, "the backlog drained")
     drain_s = time.monotonic() - restored_at
     await caught_up(received)
+
+    # Status first: after the reconnect, `online` and a fresh heartbeat came before the backlog; only
+    # messages the client already held unacknowledged at the cut (its in-flight window) may precede them.
+    after = [(t, json.loads(p)) for t, p in consumer.messages[seen:]]
+    first_beat = next(i for i, (t, d) in enumerate(after) if t.endswith("/status") and d["kind"] == "heartbeat")
+    assert [d["state"] for t, d in after[:first_beat] if t.endswith("/status")] == ["online"]
+    held = [d for t, d in after[:first_beat] if not t.endswith("/status")]
+    assert len(held) <= 16, f"{len(held)} data messages went out before the status"  # max_in_flight
+    data_after = sum(1 for t, _ in after[first_beat:] if not t.endswith("/status"))
+    assert data_after > len(held)
+    beat = after[first_beat][1]["status"]
+    assert beat["time"] > cut_at + CUT_S  # taken after the reconnect, not before the cut
+    assert beat["destinations"]["cloud"]["backlog"] >= unacked(during) - len(held) * 1000
+    assert beat["destinations"]["cloud"]["oldest_unsent_age_s"] >= CUT_S - 3
 
     assert_complete(received, f"a {CUT_S} s cut")
     status = gateway.status()

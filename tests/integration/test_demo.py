@@ -57,7 +57,7 @@ def test_demo_shows_points_flowing_and_follows_its_shadow(tmp_path: Path) -> Non
         assert reported_status(demo, commands["get"], None)["status"] == "applied"
         done = subprocess.run(commands["set"], capture_output=True, text=True, timeout=30, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert json.loads(done.stdout)["state"] == {"desired": {"status": {"heartbeat_s": 10}}}
+        assert json.loads(done.stdout)["state"] == {"desired": {"heartbeat": {"interval_s": 10}}}
         status = reported_status(demo, commands["get"], json.loads(done.stdout)["version"])
         assert (status["status"], status["changes"]) == ("applied", "status intervals changed")
         demo.wait(timeout=120)

@@ -85,7 +85,7 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
     tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int], consumer: Consumer
 ) -> None:
     config = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
-    config["status"]["heartbeat_s"] = 1
+    config["heartbeat"] = {"interval_s": 1}
     gateway = GatewayProcess(config, tmp_path)
     received: list[tuple[str, int]] = []  # (kind, data points received so far) in arrival order
     beats: list[dict[str, Any]] = []
@@ -130,7 +130,11 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
         assert host["rss_mb"] > 10
         assert host["disk_free_mb"] > 0
         assert host["load_1m"] >= 0
-        assert isinstance(host["clock_synchronised"], bool)  # Linux: the kernel's NTP state
+        clock = status["clock"]
+        assert isinstance(clock["synchronised"], bool)  # Linux: the kernel's NTP state
+        assert clock["synchronised"] == synchronised
+        assert clock["max_error_ms"] >= 0
+        assert clock["jumps"] == 0
     cpu = [b["status"]["host"]["cpu_percent"] for b in beats]
     assert cpu[0] is None or cpu[0] >= 0  # the very first snapshot has no interval to measure over
     assert [c for c in cpu[1:] if c is not None]

@@ -117,11 +117,11 @@ async def test_data_and_shadow_config_go_through_the_nucleus_and_sigterm_stops_c
         # The agent found no shadow (404 from ShadowManager) and reported what it runs.
         await ipc_gateway.wait_for(lambda: reported_status(server).get("status") == "applied", 15, "first report")
 
-        desired = {"state": {"desired": {"status": {"heartbeat_s": 30}}}}
+        desired = {"state": {"desired": {"heartbeat": {"interval_s": 30}}}}
         outcome = server.shadows.update(SHADOW, json.dumps(desired).encode(), int(time.time()))
         version = outcome.response["version"]
         # ShadowManager publishes the delta on local pub/sub when the cloud's change is synced.
-        delta = {"version": version, "state": {"status": {"heartbeat_s": 30}}}
+        delta = {"version": version, "state": {"heartbeat": {"interval_s": 30}}}
         assert server.publish_local(f"{SHADOW.topic_prefix}/update/delta", json.dumps(delta).encode()) == 1
 
         def applied() -> bool:
@@ -130,7 +130,7 @@ async def test_data_and_shadow_config_go_through_the_nucleus_and_sigterm_stops_c
 
         await ipc_gateway.wait_for(applied, 15, f"desired version {version} applied and reported")
         doc = shadow_document(server)
-        assert doc["state"]["reported"]["status"] == {"heartbeat_s": 30}
+        assert doc["state"]["reported"]["heartbeat"] == {"interval_s": 30}
         assert "delta" not in doc["state"]
 
         assert ipc_gateway.proc is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -248,7 +249,7 @@ _TEMPLATE: dict[str, Any] = {
             "points": [{"alias": "fuzz.a", "address": 0, "data_type": "uint32"}],
         }
     ],
-    "status": {"heartbeat_s": 30},
+    "heartbeat": {"interval_s": 30},
 }
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -325,7 +326,7 @@ async def test_after_the_generated_documents_a_valid_one_still_applies(
             refused += 1
     assert refused == 2
     await reported_status(shadow, "rejected", None, 20)  # the gateway refuses sources: 3
-    accepted = await shadow.set_desired(THING, SHADOW, {"sources": config["sources"], "status": {"heartbeat_s": 20}})
+    accepted = await shadow.set_desired(THING, SHADOW, {"sources": config["sources"], "heartbeat": {"interval_s": 20}})
     status = await reported_status(shadow, "applied", accepted["version"], 20)
     assert status["changes"] == "status intervals changed"
     assert "Traceback" not in gw.log()
@@ -337,6 +338,9 @@ async def test_a_report_too_big_for_the_shadow_is_replaced_by_a_small_one(
     settings = mqtt_settings(pki, broker, client="shadow-service")
     desired = {"sources": config["sources"]}
     limit = len(json.dumps(desired, separators=(",", ":"))) * 3 // 2  # fits, but not twice (reported mirrors it)
+    # Only the config report here: the health summary (refused as well in so small a document) is off.
+    config["heartbeat"] = {"shadow_report": False}
+    gw.config_path.write_text(yaml.safe_dump(config))
     async with ShadowService(settings, client_id="shadow-service", max_document_bytes=limit) as svc:
         await start(gw, consumer, svc)
         accepted = await svc.set_desired(THING, SHADOW, desired)

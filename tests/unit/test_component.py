@@ -21,7 +21,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from edge_gateway import greengrass
-from edge_gateway.config import IotCoreDestination, ShadowSettings, SiteWiseDestination, StatusSettings
+from edge_gateway.config import HeartbeatSettings, IotCoreDestination, ShadowSettings, SiteWiseDestination
 from scripts import build_component as build
 
 ROOT = Path(__file__).parents[2]
@@ -199,7 +199,7 @@ def test_access_control_grants_exactly_what_the_ipc_transport_uses(recipe: dict[
     assert {op for pairs in grants.values() for op, _ in pairs} == _ipc_calls()
     thing = "{iot:thingName}"
     data = IotCoreDestination(type="iotcore", name="d").topic.format(thing=thing, source="+")
-    status = StatusSettings().topic.format(thing=thing)
+    status = HeartbeatSettings().topic.format(thing=thing)
     sitewise = SiteWiseDestination(type="sitewise", name="s").topic
     shadow = f"$aws/things/{thing}/shadow/name/{ShadowSettings().name}"
     assert data == status.rsplit("/", 1)[0] + "/+"  # one grant covers every source and the status topic
@@ -448,7 +448,7 @@ def test_iot_policy_allows_what_the_gateway_does_and_nothing_else() -> None:
     shadow = f"$aws/things/{THING}/shadow/name/{ShadowSettings().name}"
     data = IotCoreDestination(type="iotcore", name="d").topic.format(thing=THING, source="boiler")
     sitewise = SiteWiseDestination(type="sitewise", name="s").topic.format(type="double", thing=THING, source="boiler")
-    status = StatusSettings().topic.format(thing=THING)  # presence, heartbeat and the Last Will
+    status = HeartbeatSettings().topic.format(thing=THING)  # presence, heartbeat and the Last Will
     answers = ("get/accepted", "get/rejected", "update/accepted", "update/rejected", "update/delta")
     allowed = [
         ("iot:Connect", f"client/{THING}-gateway"),

@@ -38,10 +38,12 @@ def test_every_local_only_key_is_named_in_the_shadow_section() -> None:
 def test_schema_command_prints_the_shadow_document_schema(capsys: object) -> None:
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
-    assert set(schema["properties"]) == {"version", "sources", "publisher", "status"}
+    assert set(schema["properties"]) == {"version", "sources", "publisher", "status", "heartbeat"}
     assert schema["additionalProperties"] is False
     assert set(schema["$defs"]["ShadowPublisher"]["properties"]) == {"destinations", "mqtt"}
-    assert set(schema["$defs"]["ShadowStatus"]["properties"]) == {"interval_s", "heartbeat_s"}
+    assert set(schema["$defs"]["ShadowStatus"]["properties"]) == {"interval_s"}
+    heartbeat = set(schema["$defs"]["ShadowHeartbeat"]["properties"])
+    assert heartbeat == {"interval_s", "shadow_min_interval_s", "shadow_report"}
     mqtt = set(schema["$defs"]["ShadowMqtt"]["properties"])
     assert {"endpoint", "port", "keep_alive_s"} <= mqtt
     assert not mqtt & {"cert_file", "key_file", "ca_file", "client_id", "proxy"}  # secrets are not part of it

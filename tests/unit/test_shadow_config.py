@@ -42,10 +42,10 @@ def test_an_empty_desired_state_runs_the_local_file(local: GatewayConfig) -> Non
 
 
 def test_sources_are_replaced_and_status_intervals_merged(local: GatewayConfig) -> None:
-    cfg = effective_config(local, {"sources": [modbus(poll_ms=250)], "status": {"heartbeat_s": 15}})
+    cfg = effective_config(local, {"sources": [modbus(poll_ms=250)], "heartbeat": {"interval_s": 15}})
     assert [s.name for s in cfg.sources] == ["boiler"]
     assert cfg.sources[0].poll_interval_ms == 250  # type: ignore[union-attr]
-    assert cfg.status.heartbeat_s == 15
+    assert cfg.heartbeat.interval_s == 15
     assert cfg.status.interval_s == local.status.interval_s  # not named: kept
     assert cfg.publisher.mqtt == local.publisher.mqtt  # identity untouched
 
@@ -79,13 +79,13 @@ def test_identity_and_secrets_are_refused_with_a_reason(local: GatewayConfig) ->
                 "mqtt": {"key_file": "/tmp/k.pem", "endpoint": "other.example"},
                 "destinations": [{"type": "iotcore", "name": "c"}],
             },
-            "status": {"topic": "x/{thing}", "heartbeat_s": 5},
+            "heartbeat": {"topic": "x/{thing}", "interval_s": 5},
             "buffer": {"max_bytes": 1},
         },
     )
-    assert set(errors) == {"gateway", "publisher.mqtt.key_file", "status.topic", "buffer"}
+    assert set(errors) == {"gateway", "publisher.mqtt.key_file", "heartbeat.topic", "buffer"}
     assert "identity and secrets never come from the shadow" in errors["publisher.mqtt.key_file"]
-    assert "Last Will" in errors["status.topic"]
+    assert "Last Will" in errors["heartbeat.topic"]
 
 
 def test_mqtt_connection_settings_merge_onto_the_files(local: GatewayConfig) -> None:
