@@ -6,11 +6,11 @@ PY     := $(BIN)/python
 
 .PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-e2e build clean
 
-setup: ## create .venv, install the package with dev extras, install Mosquitto when missing
+setup: ## create .venv, install the package with dev extras, install Mosquitto and poppler-utils when missing
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
-	@bash scripts/install-mosquitto.sh
+	@bash scripts/install-system-packages.sh
 
 test: check ## lint, type check, all tests
 	$(BIN)/pytest -q

@@ -1,4 +1,4 @@
-"""Command line: ``edge-gateway run|validate|schema|status`` (also ``python -m edge_gateway``).
+"""Command line: ``edge-gateway run|validate|schema|status|audit|iq`` (also ``python -m edge_gateway``).
 
 Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage.
 The CLI is the only place that configures logging handlers and prints.
@@ -205,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the last heartbeat the broker acknowledged (as sent) instead of the live status",
     )
     status.set_defaults(func=cmd_status)
+
+    from edge_gateway.gxp.cli import add_audit_arguments, add_iq_arguments, run_audit, run_iq  # noqa: PLC0415
+
+    audit = sub.add_parser("audit", help="verify or show the GxP audit trail (docs/gxp.md)")
+    add_audit_arguments(audit)
+    audit.set_defaults(func=run_audit)
+    iq = sub.add_parser("iq", help="Installation Qualification: compare this installation with a SPEC (docs/gxp.md)")
+    add_iq_arguments(iq)
+    iq.set_defaults(func=run_iq)
     return parser
 
 
