@@ -219,6 +219,24 @@ class MetricsSettings(Model):
     port: int = Field(default=9108, ge=1, le=65535)
 
 
+class AuditSettings(Model):
+    """The GxP audit trail (docs/gxp.md): a hash-chained local log of configuration and security events,
+    also published to ``topic``. Local only: a shadow can neither change nor switch it off."""
+
+    enabled: bool = True
+    dir: Path | None = None  # default <data_dir>/audit
+    # Placeholder: {thing}. Also carries the data provenance declarations (docs/message-format.md).
+    topic: str = Field(default="dt/{thing}/audit", min_length=1)
+    max_file_bytes: int = Field(default=16 << 20, ge=4096)
+    # None keeps every file for the archive job to collect; N deletes the oldest beyond N.
+    max_files: int | None = Field(default=None, ge=1)
+
+    @field_validator("topic")
+    @classmethod
+    def _audit_topic(cls, topic: str) -> str:
+        return _publish_topic(topic, {"thing"})
+
+
 class ShadowSettings(Model):
     """Remote configuration through a named device shadow (docs/configuration.md, "Device shadow")."""
 
@@ -240,6 +258,7 @@ class GatewayConfig(Model):
     status: StatusSettings = StatusSettings()
     heartbeat: HeartbeatSettings = HeartbeatSettings()
     metrics: MetricsSettings = MetricsSettings()
+    audit: AuditSettings = AuditSettings()
     shadow: ShadowSettings = ShadowSettings()
 
     @field_validator("sources")
@@ -269,6 +288,14 @@ class GatewayConfig(Model):
     @property
     def status_path(self) -> Path:
         return self.status.file or self.gateway.data_dir / "status.json"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.dir or self.gateway.data_dir / "audit"
+
+    @property
+    def audit_topic(self) -> str:
+        return self.audit.topic.format(thing=self.gateway.thing_name)
 
     @property
     def last_heartbeat_path(self) -> Path:
@@ -352,6 +379,7 @@ def resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
             "status": config.status.model_copy(
                 update={"file": fix(config.status.file) if config.status.file else None}
             ),
+            "audit": config.audit.model_copy(update={"dir": fix(config.audit.dir) if config.audit.dir else None}),
             "publisher": config.publisher.model_copy(
                 update={
                     "dead_letter": dead_letter.model_copy(

@@ -34,7 +34,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from edge_gateway.backoff import Backoff
+from edge_gateway.config import GatewayConfig
 from edge_gateway.errors import ConfigError, PublishError
+from edge_gateway.gxp.audit import CONFIG_APPLIED, CONFIG_REJECTED, CONFIG_ROLLED_BACK, changed_paths
 from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, config_hash, effective_config
 from edge_gateway.sources.base import SourceState
 
@@ -85,6 +87,7 @@ class ShadowAgent:
         self._answers: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
         self._wake = asyncio.Event()
         self.last_status: dict[str, Any] | None = None  # the newest config_status, for the local status
+        self.last_token: str | None = None  # clientToken of the newest request (recorded in the audit trail)
 
     @property
     def applied_version(self) -> int | None:
@@ -142,6 +145,7 @@ class ShadowAgent:
     async def _request(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """Publish ``op`` with a fresh clientToken; the accepted document, or ``_RetryError``/``_RejectedError``."""
         token = f"{self._client}-{next(self._tokens)}"
+        self.last_token = token
         waiter: asyncio.Future[tuple[str, dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._answers[token] = waiter
         try:
@@ -197,6 +201,14 @@ class ShadowAgent:
                 "; ".join(str(e) for e in exc.errors),
             )
             await self._report({**self._outcome("rejected", version), "errors": errors})
+            await self._audit(
+                CONFIG_REJECTED,
+                None,
+                version,
+                desired_hash=_digest(key),
+                changed=changed_paths(self._mirror, desired),
+                reasons=errors,
+            )
             return
         previous, previous_mirror = self.gateway.config, self._mirror
         change = await self.gateway.apply(new)
@@ -212,6 +224,8 @@ class ShadowAgent:
             await self._report(applied, mirror=desired)
         problem = None if change.empty else await self._probation(change)
         if problem is None:
+            if not change.empty:
+                await self._audit(CONFIG_APPLIED, new, version, before=previous)
             self._applied = AppliedConfig(version or 0, desired, config_hash(new))
             await asyncio.to_thread(self._applied.save, self.path)
             return
@@ -223,6 +237,7 @@ class ShadowAgent:
         await asyncio.to_thread(self._applied.save, self.path)
         rolled_back = {**self._outcome("rolled_back", version), "reason": problem}
         await self._report(rolled_back, mirror=previous_mirror)
+        await self._audit(CONFIG_ROLLED_BACK, new, version, before=previous, reason=problem)
 
     async def _probation(self, change: ConfigDiff) -> str | None:
         """None once the cloud connection is up and every added or changed source has connected; else why
@@ -254,6 +269,27 @@ class ShadowAgent:
                     for n in sorted(waiting)
                 )
             await asyncio.sleep(_PROBE_S)
+
+    async def _audit(
+        self,
+        event: str,
+        after: GatewayConfig | None,
+        version: int | None,
+        *,
+        before: GatewayConfig | None = None,
+        **fields: Any,  # noqa: ANN401 - the event's own fields
+    ) -> None:
+        """One final outcome into the audit trail (gxp/recorder.py), when the gateway keeps one."""
+        audit = self.gateway.audit
+        if audit is not None:
+            await audit.config_event(
+                event,
+                before=before or self.gateway.config,
+                after=after,
+                shadow_version=version,
+                client_token=self.last_token,
+                **fields,
+            )
 
     def _outcome(self, status: str, version: int | None) -> dict[str, Any]:
         return {

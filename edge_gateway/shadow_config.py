@@ -7,7 +7,7 @@ changed remotely: ``sources``, ``publisher.destinations``, ``publisher.mqtt`` co
 Identity, secrets and this device's disk layout stay local: ``gateway``, ``buffer`` (sized for this disk,
 reopening it needs a restart), the MQTT client id, certificate and key paths and proxy,
 ``publisher.dead_letter``, ``status.file``, ``heartbeat.topic`` (the presence topic is the Last Will),
-``metrics`` (a listening port on this machine) and ``shadow``. A shadow that sets any of them is rejected
+``metrics`` (a listening port on this machine), ``audit`` and ``shadow``. A shadow that sets any of them is rejected
 with that reason.
 
 ``effective_config(local, desired)`` validates the *whole* result before anything is touched and raises
@@ -56,6 +56,7 @@ LOCAL_ONLY: dict[tuple[str, ...], str] = {
     ("heartbeat", "topic"): "the presence topic is the connection's Last Will: set it in the local config file",
     ("metrics",): "a listening port on this machine is opened from the local config file only",
     ("shadow",): "which shadow configures the gateway is set in the local config file",
+    ("audit",): "the audit trail is a local control of this device: set it in the local config file",
 }
 
 

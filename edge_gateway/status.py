@@ -22,7 +22,9 @@ Document, format version 2 (docs/message-format.md has it field by field)::
                                "retries", "rejected_points", "unsendable_points", "dead_lettered",
                                "in_flight", "backlog", "oldest_unsent_age_s", "points_per_s",
                                "drain_eta_s", "last_error", ...}},
-     "dead_letter": {...}, "shadow": <config_status> | None}
+     "dead_letter": {...}, "shadow": <config_status> | None,
+     "audit": {"enabled", "error", "dir", "last_seq", "acked_seq", "pending", "published", "unpublishable",
+               "write_failures", "last_error"}}
 
 ``failing``: connected, but every reading since the previous snapshot was BAD. Rates are computed between
 two snapshots and smoothed. ``drain_eta_s``: 0 when caught up (the backlog is what the latency bound
@@ -143,6 +145,7 @@ class StatusReporter:
             "destinations": destinations,
             "dead_letter": {"path": str(gw.dead_letter.path), **dataclasses.asdict(gw.dead_letter.stats)},
             "shadow": gw.shadow.last_status if gw.shadow is not None else None,
+            "audit": gw.audit_status(),
         }
 
     def _source_state(self, name: str, st: dict[str, Any]) -> str:

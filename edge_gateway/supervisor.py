@@ -26,16 +26,19 @@ from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.buffer.memory import MemoryBuffer
 from edge_gateway.config import DestinationConfig, GatewayConfig, SourceConfig
 from edge_gateway.errors import StorageError
+from edge_gateway.gxp.audit import AuditError
+from edge_gateway.gxp.recorder import AuditRecorder
 from edge_gateway.health import HealthReporter
 from edge_gateway.metrics import MetricsServer
 from edge_gateway.model import Reading
+from edge_gateway.provenance import Epochs, declarations
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.publish.presence import Presence
 from edge_gateway.publish.publisher import Publisher, encoder_for
 from edge_gateway.publish.transport import Transport
 from edge_gateway.shadow import ShadowAgent
-from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, diff
+from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, config_hash, diff
 from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.modbus_config import ModbusTcpSource
@@ -155,6 +158,8 @@ class Gateway:
         )
         self.transport = make_transport(config, self.presence.will)
         self.presence.attach(self.transport)
+        self.audit = self._open_audit(config)
+        self.epochs = Epochs(config.gateway.data_dir / "provenance-epochs.json")
         self.sources = [SOURCE_TYPES[type(s)](s) for s in config.sources]
         dl = config.publisher.dead_letter
         self.dead_letter = DeadLetterFile(
@@ -172,6 +177,7 @@ class Gateway:
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._publisher_tasks: dict[str, asyncio.Task[None]] = {}
         self._apply_lock = asyncio.Lock()
+        self.audit_error: str | None = None
 
     def _publisher(self, d: DestinationConfig, *, flow_control: bool) -> Publisher:
         return Publisher(
@@ -182,7 +188,44 @@ class Gateway:
             dead_letter=self.dead_letter,
             flow_control=flow_control,
             gate=self.presence.wait_announced,
+            epochs=self.epochs,
         )
+
+    def _open_audit(self, config: GatewayConfig) -> AuditRecorder | None:
+        if not config.audit.enabled:
+            return None
+        try:
+            return AuditRecorder(config, self.transport.publish)
+        except (AuditError, OSError) as exc:
+            # The data must keep flowing; the operator must see this (log, status) and look at the trail.
+            _log.error(
+                "audit trail %s cannot be opened, the gateway runs WITHOUT an audit trail: %s "
+                "(run `edge-gateway audit verify` and see docs/gxp.md)",
+                config.audit_path,
+                exc,
+            )
+            self.audit_error = str(exc)
+            return None
+
+    def audit_status(self) -> dict[str, Any]:
+        """The ``audit`` section of the status: where the trail is, what is published, what failed."""
+        if self.audit is None:
+            return {"enabled": False, "error": self.audit_error}
+        return {
+            "enabled": True,
+            "error": None,
+            "dir": str(self.audit.directory),
+            "last_seq": self.audit.trail.last_seq,
+            "write_failures": self.audit.failures,
+            **self.audit.publisher.status(),
+        }
+
+    async def _begin_epoch(self, config: GatewayConfig) -> None:
+        """Readings appended from now on were collected under ``config`` (provenance.py)."""
+        digest, first = config_hash(config), self.buffer.stats().last_seq + 1
+        new = await asyncio.to_thread(self.epochs.start, first, digest)
+        if new and self.audit is not None:
+            await self.audit.declare(declarations(config, digest, first))
 
     def _heartbeat_delivered(self, payload: bytes, status: dict[str, Any]) -> None:
         """Keep the last acknowledged heartbeat on disk (``edge-gateway status --last-heartbeat``) and let the
@@ -241,6 +284,9 @@ class Gateway:
     async def _apply_sources(self, new: GatewayConfig, change: ConfigDiff) -> None:
         stopping = change.sources_removed + change.sources_changed
         await cancel_and_wait([self._source_tasks.pop(n) for n in stopping])
+        await self._sink.settle()  # what the stopped sources handed over is stored under the old epoch
+        if not change.empty:
+            await self._begin_epoch(new)
         running = {}
         for s in self.sources:
             if s.name in stopping:
@@ -267,13 +313,19 @@ class Gateway:
                 self._start_publisher(running[d.name])
         self.publishers = [running[d.name] for d in new.publisher.destinations]
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def _starting(self) -> None:
+        if self.audit is not None:
+            await self.audit.started(self.config, shadow_version=self.applied.version if self.applied else None)
+        await self._begin_epoch(self.config)
         if clock_synchronised() is False:
             _log.warning(
                 "the system clock is not synchronised (no NTP?): TLS certificate checks and reading timestamps "
                 "depend on it; the status shows it until it is"
             )
         self._start_metrics()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._starting()
         await self.transport.start()
         _log.info(
             "gateway %s started: %d source(s), %d destination(s), buffer %s",
@@ -292,6 +344,8 @@ class Gateway:
                     tg.create_task(self.status.run(), name="status"),
                     tg.create_task(self.presence.run(self.transport), name="heartbeat"),
                 ]
+                if self.audit is not None:
+                    back.append(tg.create_task(_restarting("audit", self.audit.publisher.run), name="audit"))
                 if self.shadow is not None:
                     back.append(tg.create_task(_restarting("shadow", self.shadow.run), name="shadow"))
                 for s in self.sources:
@@ -306,6 +360,8 @@ class Gateway:
                     for s in self.sources:
                         s.status.state = SourceState.STOPPED
                     await self._drain(_DRAIN_GRACE_S)
+                    if self.audit is not None:
+                        await self.audit.stopped("stop requested (SIGTERM/SIGINT)")
                     await cancel_and_wait([*self._publisher_tasks.values(), *back])
         finally:
             self._tg = None
@@ -316,6 +372,8 @@ class Gateway:
             if self.metrics is not None:
                 self.metrics.stop()
             await self.buffer.close()
+            if self.audit is not None:
+                self.audit.close()
             _log.info("gateway %s stopped", self.thing)
 
     def _start_metrics(self) -> None:
@@ -341,3 +399,8 @@ class Gateway:
                 await self.buffer.maintain()
             except OSError as exc:
                 _log.warning("buffer maintenance failed (retrying in %.0f s): %s", _MAINTAIN_INTERVAL_S, exc)
+            stats = self.buffer.stats()
+            if self.audit is not None:
+                await self.audit.buffer_dropped(stats.dropped["corrupt"], self.config.buffer_path / "quarantine")
+            oldest = stats.last_seq - stats.records + 1
+            await asyncio.to_thread(self.epochs.prune, oldest)

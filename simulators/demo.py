@@ -163,7 +163,9 @@ class CloudView:
         self.bytes = 0
         self.last_counter: dict[str, Any] = {}
 
-    def on_message(self, _topic: str, payload: bytes) -> None:
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic.endswith(("/status", "/audit")):  # the gateway's own status and audit trail, not data
+            return
         doc = json.loads(payload)
         self.messages += 1
         self.bytes += len(payload)

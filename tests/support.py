@@ -59,6 +59,11 @@ def mqtt_settings(pki: Pki, broker: MosquittoBroker, *, client: str = THING, **o
     return MqttSettings(**(values | overrides))
 
 
+def is_data(topic: str) -> bool:
+    """A data message, not the gateway's status or audit trail (which share the ``dt/<thing>/`` prefix)."""
+    return not topic.endswith(("/status", "/audit"))
+
+
 class Consumer:
     """Subscribes like a cloud rule would and keeps every message it receives, in arrival order."""
 
@@ -76,7 +81,7 @@ class Consumer:
 
     def docs(self) -> list[dict[str, Any]]:
         """The data messages (not the gateway's presence on its status topic)."""
-        return [json.loads(p) for t, p in self.messages if not t.endswith("/status")]
+        return [json.loads(p) for t, p in self.messages if is_data(t)]
 
     def status_docs(self, kind: str) -> list[dict[str, Any]]:
         """The gateway's messages on its status topic of one kind (presence or heartbeat), in arrival order."""

@@ -146,10 +146,13 @@ def changed_paths(before: Any, after: Any, prefix: str = "") -> list[str]:  # no
         for key in sorted(set(before) | set(after), key=str):
             out += changed_paths(before.get(key), after.get(key), f"{prefix}{key}.")
         return out
-    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+    if isinstance(before, list) and isinstance(after, list):
         out = []
-        for i, (a, b) in enumerate(zip(before, after, strict=True)):
-            out += changed_paths(a, b, f"{prefix}{i}.")
+        for i in range(max(len(before), len(after))):
+            if i >= len(before) or i >= len(after):
+                out.append(f"{prefix}{i}")  # an item added or removed at the end
+            else:
+                out += changed_paths(before[i], after[i], f"{prefix}{i}.")
         return out
     return [] if before == after else [prefix.rstrip(".") or "(document)"]
 

@@ -58,7 +58,7 @@ def _audit_dir(args: argparse.Namespace) -> Path | None:
         return Path(args.dir)
     if args.config is not None:
         try:
-            return load_config(args.config).gateway.data_dir / AUDIT_DIR_NAME
+            return load_config(args.config).audit_path
         except ConfigError as exc:
             _err(str(exc))
             return None

@@ -2,9 +2,12 @@
 
 One message per source per batch, on the destination's topic template (``{thing}``, ``{source}``)::
 
-    {"v":1,"gw":"<thing>","src":"<source>","seq":[first,last],"n":<points>,"t0":<ms since epoch>,
-     "p":{"<alias>":[[<dt ms>,<value>], [<dt ms>,<value>,"<quality>",<status>], ...], ...}}
+    {"v":1,"gw":"<thing>","cfg":"sha256:<hex>","src":"<source>","seq":[first,last],"n":<points>,
+     "t0":<ms since epoch>,"p":{"<alias>":[[<dt ms>,<value>], [<dt ms>,<value>,"<quality>",<status>], ...], ...}}
 
+- ``cfg`` (provenance, optional in format 1: absent for readings older than the gateway's epoch record) is
+  the hash of the configuration that collected these readings; the audit trail's ``provenance.declared``
+  entries map it, per alias, to the PLC address (provenance.py).
 - ``seq`` is the lowest and highest buffer sequence number of the points in the message and ``n`` their
   count: with ``gw`` they let the cloud side de-duplicate replays (delivery is at-least-once).
 - Each point is ``[t - t0, value]``; quality and status appear only when the quality is not GOOD.
@@ -62,10 +65,11 @@ def _entry(dt_ms: int, r: Reading) -> str:
 class _Builder:
     """Accumulates one source's points, grouped by alias, tracking the exact encoded size."""
 
-    def __init__(self, thing: str, source: str, t0_ms: int) -> None:
+    def __init__(self, thing: str, source: str, t0_ms: int, cfg: str | None) -> None:
         self.thing, self.source, self.t0_ms = thing, source, t0_ms
+        self.cfg = "" if cfg is None else f'"cfg":{_dumps(cfg)},'
         self.points: dict[str, list[str]] = {}
-        self.size = _HEADER_RESERVE + len(_dumps(thing)) + len(_dumps(source))
+        self.size = _HEADER_RESERVE + len(_dumps(thing)) + len(_dumps(source)) + len(self.cfg)
         self.first_seq = 0
         self.last_seq = 0
         self.count = 0
@@ -85,13 +89,16 @@ class _Builder:
     def payload(self) -> bytes:
         body = ",".join(f"{_dumps(alias)}:[{','.join(entries)}]" for alias, entries in self.points.items())
         return (
-            f'{{"v":{FORMAT_VERSION},"gw":{_dumps(self.thing)},"src":{_dumps(self.source)},'
+            f'{{"v":{FORMAT_VERSION},"gw":{_dumps(self.thing)},{self.cfg}"src":{_dumps(self.source)},'
             f'"seq":[{self.first_seq},{self.last_seq}],"n":{self.count},"t0":{self.t0_ms},"p":{{{body}}}}}'
         ).encode()
 
 
-def encode_batch(records: Sequence[Record], *, thing: str, topic_template: str, max_bytes: int) -> list[Message]:
-    """Encode records into IoT Core messages, each at most ``max_bytes``, in record order per source."""
+def encode_batch(
+    records: Sequence[Record], *, thing: str, topic_template: str, max_bytes: int, cfg: str | None = None
+) -> list[Message]:
+    """Encode records into IoT Core messages, each at most ``max_bytes``, in record order per source;
+    ``cfg``: the hash of the configuration that collected them (provenance)."""
     open_builders: dict[str, _Builder] = {}
     done: list[_Builder] = []
     for rec in records:
@@ -99,12 +106,12 @@ def encode_batch(records: Sequence[Record], *, thing: str, topic_template: str, 
         ts_ms = r.ts_ns // 1_000_000
         builder = open_builders.get(r.source)
         if builder is None:
-            builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms)
+            builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms, cfg)
         entry = _entry(ts_ms - builder.t0_ms, r)
         cost = builder.cost(r.point, entry)
         if builder.count and builder.size + cost > max_bytes:
             done.append(builder)
-            builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms)
+            builder = open_builders[r.source] = _Builder(thing, r.source, ts_ms, cfg)
             entry = _entry(0, r)
             cost = builder.cost(r.point, entry)
         if builder.size + cost > max_bytes:

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_gateway.backoff import Backoff
 from edge_gateway.buffer.base import Buffer, Record
@@ -34,6 +34,9 @@ from edge_gateway.errors import PublishError
 from edge_gateway.publish import sitewise
 from edge_gateway.publish.deadletter import DeadLetterFile, message_entry, reading_entry
 from edge_gateway.publish.iotcore import Message, encode_batch
+
+if TYPE_CHECKING:
+    from edge_gateway.provenance import Epochs
 
 _log = logging.getLogger(__name__)
 
@@ -57,18 +60,24 @@ class Encoded:
     expires_ns: list[int] | None = None
 
 
-Encoder = Callable[[Sequence[Record]], Encoded]
+# (records, hash of the configuration that collected them or None) -> what to send
+Encoder = Callable[[Sequence[Record], str | None], Encoded]
 
 
 def iotcore_encoder(dest: IotCoreDestination, thing: str) -> Encoder:
-    def encode(records: Sequence[Record]) -> Encoded:
-        return Encoded(encode_batch(records, thing=thing, topic_template=dest.topic, max_bytes=dest.max_message_bytes))
+    def encode(records: Sequence[Record], cfg: str | None) -> Encoded:
+        return Encoded(
+            encode_batch(records, thing=thing, topic_template=dest.topic, max_bytes=dest.max_message_bytes, cfg=cfg)
+        )
 
     return encode
 
 
 def sitewise_encoder(dest: SiteWiseDestination, thing: str) -> Encoder:
-    def encode(records: Sequence[Record]) -> Encoded:
+    """The body is AWS's BatchPutAssetPropertyValue shape and nothing else: provenance for SiteWise is the
+    property alias (``/{thing}/{source}/{point}``) plus the audit trail's declarations."""
+
+    def encode(records: Sequence[Record], _cfg: str | None) -> Encoded:
         batch = sitewise.encode_batch(
             records,
             thing=thing,
@@ -122,9 +131,11 @@ class Publisher:
         flow_control: bool = True,
         backoff: Backoff | None = None,
         gate: Callable[[], Awaitable[None]] | None = None,
+        epochs: Epochs | None = None,
     ) -> None:
         """``gate``, when given, is awaited before every publish attempt: the gateway uses it so that after
-        a connect the fresh status goes out before any data (publish/presence.py)."""
+        a connect the fresh status goes out before any data (publish/presence.py). ``epochs`` says which
+        configuration collected which sequence numbers: each message then carries that config's hash."""
         self.dest = dest
         self.name = dest.name
         self.buffer = buffer
@@ -147,6 +158,7 @@ class Publisher:
         self._reconnected = asyncio.Event()
         self._bytes_per_point = 12.0  # learnt from what the encoder makes
         self._gate = gate
+        self._epochs = epochs
         # first seq -> gateway timestamp of the first reading, for every batch read and not yet acked
         self._unacked: dict[int, int] = {}
 
@@ -210,8 +222,18 @@ class Publisher:
         return position
 
     async def _send(self, tg: asyncio.TaskGroup, records: list[Record], lane: asyncio.Semaphore | None) -> None:
-        """Encode and dispatch; every message takes a slot of the in-flight window (and of ``lane`` if given)."""
-        encoded = self.encoder(records)
+        """Encode and dispatch, in parts that each come from one configuration (provenance)."""
+        if self._epochs is None:
+            await self._send_part(tg, records, None, lane)
+            return
+        for cfg, part in self._epochs.split(records):
+            await self._send_part(tg, part, cfg, lane)
+
+    async def _send_part(
+        self, tg: asyncio.TaskGroup, records: Sequence[Record], cfg: str | None, lane: asyncio.Semaphore | None
+    ) -> None:
+        """Every message takes a slot of the in-flight window (and of ``lane`` if given)."""
+        encoded = self.encoder(records, cfg)
         self._learn_size(encoded, len(records))
         if encoded.rejected:
             await self._set_aside(encoded.rejected)

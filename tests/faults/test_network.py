@@ -33,7 +33,7 @@ from edge_gateway.buffer.disk import DiskBuffer
 from simulators.iot_core import MosquittoBroker, Pki
 from tests.faults.test_outages import gaps, restore_broker, stop_broker
 from tests.netpath import NetPath
-from tests.support import COUNTERS, Consumer, GatewayProcess, gateway_config, mqtt_settings
+from tests.support import COUNTERS, Consumer, GatewayProcess, gateway_config, is_data, mqtt_settings
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ class Received:
         while self._parsed < len(messages):
             topic, payload = messages[self._parsed]
             self._parsed += 1
-            if not topic.endswith("/status"):
+            if is_data(topic):
                 self._add(json.loads(payload))
         return self
 
@@ -301,9 +301,9 @@ async def test_a_cut_path_is_noticed_and_nothing_is_lost(
     after = [(t, json.loads(p)) for t, p in consumer.messages[seen:]]
     first_beat = next(i for i, (t, d) in enumerate(after) if t.endswith("/status") and d["kind"] == "heartbeat")
     assert [d["state"] for t, d in after[:first_beat] if t.endswith("/status")] == ["online"]
-    held = [d for t, d in after[:first_beat] if not t.endswith("/status")]
+    held = [d for t, d in after[:first_beat] if is_data(t)]
     assert len(held) <= 16, f"{len(held)} data messages went out before the status"  # max_in_flight
-    data_after = sum(1 for t, _ in after[first_beat:] if not t.endswith("/status"))
+    data_after = sum(1 for t, _ in after[first_beat:] if is_data(t))
     assert data_after > len(held)
     beat = after[first_beat][1]["status"]
     assert beat["time"] > cut_at + CUT_S  # taken after the reconnect, not before the cut

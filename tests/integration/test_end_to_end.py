@@ -17,6 +17,7 @@ from simulators.iot_core import MosquittoBroker, Pki
 from tests.support import COUNTERS, THING, Consumer, GatewayProcess, gateway_config
 
 STATUS = f"dt/{THING}/status"
+AUDIT = f"dt/{THING}/audit"
 
 
 def assert_complete(values: list[Any], alias: str) -> list[int]:
@@ -44,7 +45,7 @@ async def test_counters_of_both_sources_arrive_complete_and_in_order(
         assert_in_order(consumer.values(alias), alias)
     docs = consumer.docs()
     assert {d["src"] for d in docs} == {"press", "boiler"}
-    assert {t for t, _ in consumer.messages} == {"dt/test-gateway/press", "dt/test-gateway/boiler", STATUS}
+    assert {t for t, _ in consumer.messages} == {"dt/test-gateway/press", "dt/test-gateway/boiler", STATUS, AUDIT}
     assert all(d["v"] == 1 and d["gw"] == "test-gateway" for d in docs)
     for doc in docs:
         assert doc["n"] == sum(len(entries) for entries in doc["p"].values())

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from simulators.iot_core import MosquittoBroker, Pki, free_port
 from simulators.shadow import ShadowRequestError, ShadowService
-from tests.support import THING, Consumer, GatewayProcess, gateway_config, mqtt_settings
+from tests.support import THING, Consumer, GatewayProcess, gateway_config, is_data, mqtt_settings
 
 SHADOW = "edge-gateway"
 WINDOW_S = 4.0
@@ -81,7 +81,7 @@ async def reported_status(
 
 
 def cloud_docs(consumer: Consumer) -> list[dict[str, Any]]:
-    return [json.loads(p) for t, p in consumer.messages if t.startswith("dt/") and not t.endswith("/status")]
+    return [json.loads(p) for t, p in consumer.messages if t.startswith("dt/") and is_data(t)]
 
 
 def rate(consumer: Consumer, alias: str, since_ms: int, until_ms: int) -> float:

@@ -248,7 +248,8 @@ def test_changed_paths() -> None:
     before = {"sources": [{"name": "a", "endpoint": "x"}], "status": {"interval_s": 2}, "gone": 1}
     after = {"sources": [{"name": "a", "endpoint": "y"}], "status": {"interval_s": 2, "heartbeat_s": 5}}
     assert changed_paths(before, after) == ["gone", "sources.0.endpoint", "status.heartbeat_s"]
-    assert changed_paths({"sources": [1]}, {"sources": [1, 2]}) == ["sources"]
+    assert changed_paths({"sources": [1]}, {"sources": [1, 2]}) == ["sources.1"]
+    assert changed_paths({"sources": [1, 2, 3]}, {"sources": [1]}) == ["sources.1", "sources.2"]
     assert changed_paths(before, before) == []
 
 

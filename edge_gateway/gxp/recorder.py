@@ -1,0 +1,247 @@
+"""What the running gateway writes to its audit trail, and when (docs/gxp.md).
+
+- At start: ``gateway.started`` (version, pid, config hash and where the config came from), preceded by
+  ``config.applied`` with ``source: "file"`` when the configuration differs from the one the previous run
+  recorded (a changed local file, or the very first start: ``hash_before`` null), by ``certificate.changed``
+  for every device certificate or CA whose fingerprint changed (or is seen for the first time), and by
+  ``provenance.declared`` for a new configuration (provenance.py).
+- Shadow outcomes, once final (shadow.py): ``config.applied`` (after the confirm window passed),
+  ``config.rejected`` (with every reason), ``config.rolled_back`` (with the reason): one entry per change.
+  The same outcome for the same shadow version and config is recorded once, also when a crash between the
+  entry and the saved config makes the gateway judge that change again after a restart.
+- ``buffer.quarantined`` when the buffer counts records it had to set aside as corrupt.
+- At a clean stop: ``gateway.stopped``; the publisher then gets a moment to send what is pending.
+
+The trail's own state (last configuration recorded, certificate fingerprints) is ``gateway-state.json`` in
+the trail directory. Nothing here ever stops the gateway: an audit write that fails is logged as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from edge_gateway import __version__
+from edge_gateway.config import GatewayConfig
+from edge_gateway.gxp.audit import (
+    BUFFER_QUARANTINED,
+    CERTIFICATE_CHANGED,
+    CONFIG_APPLIED,
+    GATEWAY_STARTED,
+    GATEWAY_STOPPED,
+    AuditError,
+    AuditTrail,
+    changed_paths,
+)
+from edge_gateway.gxp.audit_format import AuditEntry, trail_files
+from edge_gateway.gxp.audit_publisher import AuditPublisher
+from edge_gateway.shadow_config import config_hash
+
+_log = logging.getLogger(__name__)
+
+PROVENANCE_DECLARED = "provenance.declared"
+_CONFIG_EVENTS = ("config.applied", "config.rejected", "config.rolled_back")
+_STATE_FILE = "gateway-state.json"
+_PUBLISHED_FILE = "published.json"
+_FLUSH_S = 1.0
+
+
+def _dump(config: GatewayConfig) -> dict[str, Any]:
+    doc: dict[str, Any] = config.model_dump(mode="json")
+    return doc
+
+
+class AuditRecorder:
+    def __init__(self, config: GatewayConfig, publish: Callable[[str, bytes], Awaitable[int]]) -> None:
+        s = config.audit
+        self.directory = config.audit_path
+        self.trail = AuditTrail(self.directory, max_file_bytes=s.max_file_bytes, max_files=s.max_files)
+        self.publisher = AuditPublisher(self.trail, publish, config.audit_topic, self.directory / _PUBLISHED_FILE)
+        self._state_path = self.directory / _STATE_FILE
+        self._state = _load_json(self._state_path)
+        self._last_config_event = _last_config_event(self.directory)
+        self._corrupt_seen: int | None = None
+        self.failures = 0
+
+    async def append(self, event: str, **fields: Any) -> bool:  # noqa: ANN401 - JSON values
+        try:
+            await asyncio.to_thread(self.trail.append, event, **fields)
+        except (OSError, AuditError) as exc:
+            self.failures += 1
+            _log.error("audit trail %s: %s not recorded: %s", self.directory, event, exc)
+            return False
+        return True
+
+    async def started(self, config: GatewayConfig, *, shadow_version: int | None) -> None:
+        digest = config_hash(config)
+        if self._state.get("config_hash") != digest:
+            before = self._state.get("config")
+            await self.append(
+                CONFIG_APPLIED,
+                source="file",
+                shadow_version=shadow_version,
+                client_token=None,
+                hash_before=self._state.get("config_hash"),
+                hash_after=digest,
+                changed=changed_paths(before, _dump(config)) if isinstance(before, dict) else ["(document)"],
+            )
+            self._remember(config)
+        await self._certificates(config)
+        await self.append(
+            GATEWAY_STARTED,
+            version=__version__,
+            pid=os.getpid(),
+            config_hash=digest,
+            config_source="local" if shadow_version is None else "shadow",
+            shadow_version=shadow_version,
+        )
+
+    async def config_event(
+        self,
+        event: str,
+        *,
+        before: GatewayConfig,
+        after: GatewayConfig | None,
+        shadow_version: int | None,
+        client_token: str | None,
+        desired_hash: str | None = None,
+        changed: list[str] | None = None,
+        reasons: list[dict[str, str]] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record one shadow outcome, unless this very outcome was the last config event recorded."""
+        hash_after = config_hash(after) if after is not None else desired_hash
+        key = [event, shadow_version, hash_after]
+        if key == self._last_config_event:
+            _log.info("audit: %s of shadow version %s is already recorded", event, shadow_version)
+            return
+        if changed is None:
+            changed = changed_paths(_dump(before), _dump(after)) if after is not None else []
+        ok = await self.append(
+            event,
+            source="shadow",
+            shadow_version=shadow_version,
+            client_token=client_token,
+            hash_before=config_hash(before),
+            hash_after=hash_after,
+            changed=changed,
+            **({"reasons": reasons} if reasons is not None else {}),
+            **({"reason": reason} if reason is not None else {}),
+        )
+        if ok:
+            self._last_config_event = key
+            if event == CONFIG_APPLIED and after is not None:
+                self._remember(after)
+
+    async def declare(self, entries: Iterable[dict[str, Any]]) -> None:
+        for fields in entries:
+            await self.append(PROVENANCE_DECLARED, **fields)
+
+    async def buffer_dropped(self, corrupt: int, quarantine: Path) -> None:
+        """Called with the buffer's ``corrupt`` drop count after each maintenance round."""
+        seen, self._corrupt_seen = self._corrupt_seen, corrupt
+        if seen is not None and corrupt > seen:
+            await self.append(
+                BUFFER_QUARANTINED,
+                records=corrupt - seen,
+                reason="failed their checksum",
+                quarantine_path=str(quarantine),
+            )
+
+    async def stopped(self, reason: str) -> None:
+        if await self.append(GATEWAY_STOPPED, reason=reason):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_FLUSH_S):
+                    await self.publisher.wait_acked(self.trail.last_seq)
+
+    def close(self) -> None:
+        self.trail.close()
+
+    async def _certificates(self, config: GatewayConfig) -> None:
+        mqtt = config.publisher.mqtt
+        known: dict[str, Any] = self._state.setdefault("certificates", {})
+        for role, path in (("device", mqtt.cert_file), ("ca", mqtt.ca_file)):
+            if path is None:
+                continue
+            cert = _certificate(path)
+            if cert is None or known.get(role, {}).get("fingerprint") == cert["fingerprint"]:
+                continue
+            before = known.get(role, {}).get("fingerprint")
+            ok = await self.append(
+                CERTIFICATE_CHANGED,
+                role=role,
+                path=str(path),
+                fingerprint_before=before,
+                fingerprint_after=cert["fingerprint"],
+                subject=cert["subject"],
+                not_after=cert["not_after"],
+            )
+            if ok:
+                known[role] = {"path": str(path), "fingerprint": cert["fingerprint"]}
+                self._save_state()
+
+    def _remember(self, config: GatewayConfig) -> None:
+        self._state["config"] = _dump(config)
+        self._state["config_hash"] = config_hash(config)
+        self._save_state()
+
+    def _save_state(self) -> None:
+        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                json.dump(self._state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self._state_path)
+        except OSError as exc:
+            _log.error("audit state %s not saved: %s", self._state_path, exc)
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _log.warning("audit state %s unreadable (%s): the next config is recorded as new", path, exc)
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _last_config_event(directory: Path) -> list[Any] | None:
+    """[event, shadow_version, hash_after] of the newest config outcome, from the last two trail files."""
+    last: list[Any] | None = None
+    for _, path in trail_files(directory)[-2:]:
+        with path.open("rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n") or b'"event":"config.' not in raw:
+                    continue
+                with contextlib.suppress(ValueError):
+                    entry = AuditEntry.parse(raw[:-1])
+                    if entry.event in _CONFIG_EVENTS:
+                        fields = entry.fields
+                        last = [entry.event, fields.get("shadow_version"), fields.get("hash_after")]
+    return last
+
+
+def _certificate(path: Path) -> dict[str, str] | None:
+    from cryptography import x509  # noqa: PLC0415 - only at start
+    from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        _log.warning("audit: certificate %s unreadable: %s", path, exc)
+        return None
+    return {
+        "fingerprint": "sha256:" + hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+        "subject": cert.subject.rfc4514_string(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+    }
