@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-e2e build clean
+.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-opcua bench-modbus bench-e2e build clean
 
 setup: ## create .venv, install the package with dev extras, install Mosquitto and poppler-utils when missing
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,19 @@ demo: ## both PLC simulators, a local mTLS broker, the gateway and a live view (
 sim: ## just the two PLC simulators, in the foreground
 	@bash -c 'trap "kill 0" EXIT; $(PY) -m simulators.opcua_plc --port 4840 & $(PY) -m simulators.modbus_plc --port 5020 & wait'
 
-bench: bench-buffer bench-publish bench-e2e
+bench: bench-buffer bench-publish bench-opcua bench-modbus bench-e2e
 
 bench-buffer: ## durable appends/s, drain/s, write amplification, RSS with a 10M backlog, recovery time
 	$(PY) -m bench.buffer
 
 bench-publish: ## wire bytes/point, points/s with and without IoT Core flow control, 18 M backlog drain, latency p50/p99
 	$(PY) -m bench.publish
+
+bench-opcua: ## OPC UA notifications/s on one core, time to subscribe 10,000 nodes, RSS and CPU at 10,000 nodes
+	$(PY) -m bench.opcua
+
+bench-modbus: ## Modbus points/s over TCP, poll lateness p99 at 100 ms, RTU frame efficiency at 115200 baud
+	$(PY) -m bench.modbus
 
 bench-e2e:
 	$(PY) -m bench.e2e

@@ -1,4 +1,4 @@
-"""Command line: ``edge-gateway run|validate|schema|status|audit|iq`` (also ``python -m edge_gateway``).
+"""Command line: ``edge-gateway run|validate|schema|status|audit|iq|browse`` (also ``python -m edge_gateway``).
 
 Exit codes: 0 ok, 1 runtime failure, 2 invalid configuration or usage.
 The CLI is the only place that configures logging handlers and prints.
@@ -214,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     iq = sub.add_parser("iq", help="Installation Qualification: compare this installation with a SPEC (docs/gxp.md)")
     add_iq_arguments(iq)
     iq.set_defaults(func=run_iq)
+
+    from edge_gateway.sources import opcua_browse  # noqa: PLC0415
+
+    browse = sub.add_parser("browse", help="walk an OPC UA server and print its variables as a config snippet")
+    opcua_browse.add_arguments(browse)
+    browse.set_defaults(func=opcua_browse.run)
     return parser
 
 

@@ -368,6 +368,17 @@ def resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
     def fix(p: Path) -> Path:
         return p if p.is_absolute() else (base / p)
 
+    def fix_opcua(source: OpcUaSource) -> OpcUaSource:
+        sec = source.security
+        update: dict[str, object] = {
+            "security": sec.model_copy(
+                update={"cert_dir": fix(sec.cert_dir), "trust_dir": fix(sec.trust_dir) if sec.trust_dir else None}
+            )
+        }
+        if source.auth is not None and source.auth.password_file is not None:
+            update["auth"] = source.auth.model_copy(update={"password_file": fix(source.auth.password_file)})
+        return source.model_copy(update=update)
+
     mqtt = config.publisher.mqtt
     dead_letter = config.publisher.dead_letter
     return config.model_copy(
@@ -380,6 +391,7 @@ def resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
                 update={"file": fix(config.status.file) if config.status.file else None}
             ),
             "audit": config.audit.model_copy(update={"dir": fix(config.audit.dir) if config.audit.dir else None}),
+            "sources": [fix_opcua(s) if isinstance(s, OpcUaSource) else s for s in config.sources],
             "publisher": config.publisher.model_copy(
                 update={
                     "dead_letter": dead_letter.model_copy(

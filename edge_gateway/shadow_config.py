@@ -79,14 +79,63 @@ def effective_config(local: GatewayConfig, desired: Any) -> GatewayConfig:  # no
         kind = "null" if desired is None else type(desired).__name__
         raise ConfigError(ORIGIN, [FieldError("(document)", f"desired state must be a JSON object, not {kind}")])
     errors = local_only_errors(desired)
-    merged = _overlay(local.model_dump(mode="json"), desired, ())
+    merged = _overlay(local.model_dump(mode="json"), _with_local_trust(local, desired), ())
     try:
         config = GatewayConfig.model_validate(merged)
     except ValidationError as exc:
         errors += field_errors(exc)
+    else:
+        errors += source_trust_errors(local, config)
     if errors:
         raise ConfigError(ORIGIN, errors)
     return config
+
+
+# Per source type: settings that are this device's trust decisions and secret locations. A shadow may
+# carry them only as the local file has them for a source of the same name (a desired document that copies
+# the file's sources validates); it can never introduce or change them.
+SOURCE_LOCAL_ONLY: dict[str, tuple[str, ...]] = {"opcua": ("security", "auth")}
+
+
+def _with_local_trust(local: GatewayConfig, desired: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``desired`` with each source that leaves its trust settings out taking them from the local file's
+    source of the same name and type (the shadow's lists replace the file's, these must not get lost)."""
+    sources = desired.get("sources")
+    if not isinstance(sources, list):
+        return desired
+    mine = {s.name: s for s in local.sources}
+    out: list[Any] = []
+    for item in sources:
+        source = item
+        if isinstance(item, Mapping):
+            same = mine.get(str(item.get("name")))
+            keys = SOURCE_LOCAL_ONLY.get(str(item.get("type")), ())
+            if same is not None and same.type == item.get("type"):
+                kept = same.model_dump(mode="json", include=set(keys))
+                source = {**{k: v for k, v in kept.items() if k not in item}, **item}
+        out.append(source)
+    return {**desired, "sources": out}
+
+
+def source_trust_errors(local: GatewayConfig, config: GatewayConfig) -> list[FieldError]:
+    mine = {s.name: s for s in local.sources}
+    errors = []
+    for i, source in enumerate(config.sources):
+        for key in SOURCE_LOCAL_ONLY.get(source.type, ()):
+            same = mine.get(source.name)
+            expected = getattr(same, key) if same is not None and same.type == source.type else None
+            if expected is None:
+                expected = type(source).model_fields[key].get_default(call_default_factory=True)
+            if getattr(source, key) != expected:
+                errors.append(
+                    FieldError(
+                        f"sources.{i}.{source.type}.{key}",
+                        f"not allowed in the shadow: {key} of an OPC UA source (certificates, trust list, "
+                        "credentials) is set in the local config file only; a source of the same name there may "
+                        "carry it",
+                    )
+                )
+    return errors
 
 
 def _overlay(base: dict[str, Any], patch: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:

@@ -111,6 +111,13 @@ class StatusReporter:
             st["last_good_age_s"] = age_s(st.pop("last_good_ns"))
             st["state"] = self._source_state(s.name, st)
             st["points_per_s"] = self._rates.get(f"src:{s.name}")
+            devices = getattr(s, "devices", None)  # Modbus: counters per device (unit id)
+            if devices:
+                st["devices"] = {
+                    name: {k: v for k, v in dataclasses.asdict(d).items() if k != "last_good_ns"}
+                    | {"last_good_age_s": age_s(d.last_good_ns)}
+                    for name, d in devices.items()
+                }
             sources[s.name] = st
         destinations = {}
         for p in gw.publishers:

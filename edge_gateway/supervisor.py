@@ -51,6 +51,7 @@ _log = logging.getLogger(__name__)
 
 _DRAIN_GRACE_S = 2.0
 _MAINTAIN_INTERVAL_S = 1.0
+_CERTIFICATE_CHECK_ROUNDS = 60  # maintenance rounds between checks of certificates and trust lists
 
 SOURCE_TYPES: dict[type[SourceConfig], Callable[[Any], Source]] = {
     OpcUaSource: OpcUaReader,
@@ -195,7 +196,7 @@ class Gateway:
         if not config.audit.enabled:
             return None
         try:
-            return AuditRecorder(config, self.transport.publish)
+            return AuditRecorder(config, self._publish_after_status)
         except (AuditError, OSError) as exc:
             # The data must keep flowing; the operator must see this (log, status) and look at the trail.
             _log.error(
@@ -206,6 +207,11 @@ class Gateway:
             )
             self.audit_error = str(exc)
             return None
+
+    async def _publish_after_status(self, topic: str, payload: bytes) -> int:
+        """Publish once this connection's fresh status went out (the audit backlog queues like data)."""
+        await self.presence.wait_announced()
+        return await self.transport.publish(topic, payload)
 
     def audit_status(self) -> dict[str, Any]:
         """The ``audit`` section of the status: where the trail is, what is published, what failed."""
@@ -393,6 +399,7 @@ class Gateway:
             await asyncio.sleep(0.05)
 
     async def _maintain(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(_MAINTAIN_INTERVAL_S)
             try:
@@ -400,7 +407,10 @@ class Gateway:
             except OSError as exc:
                 _log.warning("buffer maintenance failed (retrying in %.0f s): %s", _MAINTAIN_INTERVAL_S, exc)
             stats = self.buffer.stats()
+            rounds += 1
             if self.audit is not None:
                 await self.audit.buffer_dropped(stats.dropped["corrupt"], self.config.buffer_path / "quarantine")
+                if rounds % _CERTIFICATE_CHECK_ROUNDS == 0:
+                    await self.audit.check_certificates(self.config)
             oldest = stats.last_seq - stats.records + 1
             await asyncio.to_thread(self.epochs.prune, oldest)

@@ -16,13 +16,31 @@ registered, and start-up fails otherwise), under Objects/Line1:
     ns=2;s=Line1.Setpoints     Double[3]   array (min, target, max temperature)
     ns=2;s=Line1.BatchStart    DateTime    when the current batch started; changes every 100 ticks
 
-Every value is written with a source timestamp (the tick's time). Security: None only (a later issue
-adds the secured endpoint). Start-up takes about 1.5 s, nearly all of it asyncua loading the standard
-address space.
+Every value is written with a source timestamp (the tick's time).
 
-Run alone: ``python -m simulators.opcua_plc --port 4840 [--host 127.0.0.1] [--tick-ms 100]``; prints
-``READY opc.tcp://HOST:PORT`` and then ``nodes: <NodeId>, …`` once it serves, and stops cleanly on
-SIGINT/SIGTERM. In a test: ``async with OpcUaPlc(port=free_port(), tick_ms=50) as plc: … plc.counter``.
+Options for tests (all off by default, so the plain simulator is what it always was):
+- ``--bulk N``: N more variables ``ns=2;s=Bulk.<i>`` (i = 0..N-1, zero-padded to 5 digits) under
+  Objects/Bulk/G<nnn> (50 per folder), types cycling Boolean, Int32, UInt32, Double, String, Double[2];
+  ``--bulk-changes K`` changes K of them per tick (round robin; default all): 10,000 nodes at 1 s
+  make 10,000 changes/s.
+- ``--pki DIR``: also serve Sign and SignAndEncrypt endpoints (Basic256Sha256, Aes128_Sha256_RsaOaep,
+  Aes256_Sha256_RsaPss) with a server certificate generated into DIR (``server_cert.der``,
+  ``server_key.pem``; kept when present). ``--user NAME:PASSWORD`` then requires that user (anonymous
+  sessions are refused).
+- ``--max-per-call N``: advertise N as MaxNodesPerRead / MaxNodesPerRegisterNodes /
+  MaxMonitoredItemsPerCall and answer larger Read and CreateMonitoredItems requests with
+  BadTooManyOperations, as a real PLC does.
+- Control methods under Objects/Sim, callable by any client: ``Sim.FreezeSubscriptions()`` stops every
+  subscription's publishing (no data, no keep-alives) while sessions stay open and reads still work,
+  as a wedged PLC firmware does; returns how many it froze. ``Sim.SetBulkStatus(code)`` writes every
+  bulk variable with that StatusCode from the next tick on (0 = Good again).
+
+Start-up takes about 1.5 s, nearly all of it asyncua loading the standard address space (plus about
+1 s per 10,000 bulk nodes). Kill it and start a new process on the same port to simulate a PLC restart.
+
+Run alone: ``python -m simulators.opcua_plc --port 4840 [--host 127.0.0.1] [--tick-ms 100] [options]``;
+prints ``READY opc.tcp://HOST:PORT`` and then ``nodes: <NodeId>, …`` once it serves, and stops cleanly
+on SIGINT/SIGTERM. In a test: ``async with OpcUaPlc(port=free_port(), tick_ms=50) as plc: … plc.counter``.
 """
 
 from __future__ import annotations
@@ -33,13 +51,21 @@ import datetime as dt
 import logging
 import math
 import random
+import socket
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from asyncua import ua
 from asyncua.common.node import Node
+from asyncua.common.utils import ServiceError
+from asyncua.crypto import cert_gen
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from simulators.ticking import TickingSimulator
 
@@ -71,16 +97,83 @@ _INITIAL: dict[str, Any] = {
 }
 _RUN_PERIOD_TICKS = 200
 _BATCH_TICKS = 100
+BULK_TYPES: tuple[ua.VariantType, ...] = (
+    ua.VariantType.Boolean,
+    ua.VariantType.Int32,
+    ua.VariantType.UInt32,
+    ua.VariantType.Double,
+    ua.VariantType.String,
+    ua.VariantType.Double,  # an array of 2
+)
+_BULK_PER_FOLDER = 50
+APPLICATION_URI = "urn:edge-gateway:sim:opcua:server"
+SECURE_POLICIES = [
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+]
 
 
 def node_id(tag: str) -> str:
     return f"ns={NAMESPACE_INDEX};s=Line1.{tag}"
 
 
+def bulk_node_id(i: int) -> str:
+    return f"ns={NAMESPACE_INDEX};s=Bulk.{i:05d}"
+
+
+def bulk_value(i: int, step: int) -> bool | int | float | str | list[float]:
+    """The value bulk variable ``i`` holds after ``step`` changes (0 = initial)."""
+    kind = i % len(BULK_TYPES)
+    return (
+        step % 2 == 1,
+        step - 1000,
+        step,
+        step + i / 1000,
+        f"s{step}",
+        [float(step), float(i)],
+    )[kind]
+
+
+class _Users:
+    """asyncua user manager: only the configured user, never anonymous."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+
+    def get_user(
+        self, _iserver: object, username: str | None = None, password: str | None = None, certificate: object = None
+    ) -> User | None:
+        del certificate
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
 class OpcUaPlc(TickingSimulator):
-    def __init__(self, host: str = "127.0.0.1", port: int = 4840, *, tick_ms: int = 100) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 4840,
+        *,
+        tick_ms: int = 100,
+        bulk: int = 0,
+        bulk_changes: int | None = None,
+        pki: Path | None = None,
+        users: dict[str, str] | None = None,
+        max_per_call: int = 0,
+    ) -> None:
         self.host, self.port, self.tick_s = host, port, tick_ms / 1000
         self.counter = 0  # the value of Line1.Counter last written
+        self.bulk, self.bulk_changes = bulk, bulk if bulk_changes is None else bulk_changes
+        self.pki, self.users, self.max_per_call = pki, users or {}, max_per_call
+        self.bulk_status = StatusCodes.Good
+        self._bulk_steps = [0] * bulk
+        self._bulk_next = 0
+        self._bulk_ids = [ua.NodeId.from_string(bulk_node_id(i)) for i in range(bulk)]
         self._tick = 0
         self._rng = random.Random(7)
         self._batch_start = _EPOCH
@@ -132,8 +225,141 @@ class OpcUaPlc(TickingSimulator):
             )
             await self._nodes[tag].write_value(dv)
 
+    async def _write_bulk(self) -> None:
+        server = self._server
+        if server is None or not self.bulk:
+            return
+        now = dt.datetime.now(dt.UTC)
+        status = ua.StatusCode(ua.UInt32(self.bulk_status))
+        for _ in range(self.bulk_changes):
+            i = self._bulk_next
+            self._bulk_next = (i + 1) % self.bulk
+            self._bulk_steps[i] += 1
+            dv = ua.DataValue(
+                ua.Variant(bulk_value(i, self._bulk_steps[i]), BULK_TYPES[i % len(BULK_TYPES)]),
+                StatusCode=status,
+                SourceTimestamp=now,  # type: ignore[arg-type]
+                ServerTimestamp=now,  # type: ignore[arg-type]
+            )
+            await server.write_attribute_value(self._bulk_ids[i], dv)
+
     async def tick(self) -> None:
         await self._write_tick()
+        await self._write_bulk()
+
+    def freeze_subscriptions(self) -> int:
+        """Stop every subscription's publish loop; sessions and reads carry on."""
+        assert self._server is not None
+        frozen = 0
+        for sub in self._server.iserver.subscription_service.subscriptions.values():
+            task = sub._task  # noqa: SLF001 - the simulated fault is exactly this loop dying
+            if task is not None and not task.done():
+                task.cancel()
+                frozen += 1
+        return frozen
+
+    async def _add_controls(self, server: Server, idx: int) -> None:
+        sim = await server.nodes.objects.add_folder(f"ns={idx};s=Sim", "Sim")
+
+        async def freeze(_parent: ua.NodeId) -> list[ua.Variant]:
+            return [ua.Variant(self.freeze_subscriptions(), ua.VariantType.UInt32)]
+
+        async def set_bulk_status(_parent: ua.NodeId, code: ua.Variant) -> list[ua.Variant]:
+            self.bulk_status = int(code.Value)
+            return []
+
+        await sim.add_method(
+            f"ns={idx};s=Sim.FreezeSubscriptions", "FreezeSubscriptions", freeze, [], [ua.VariantType.UInt32]
+        )
+        await sim.add_method(
+            f"ns={idx};s=Sim.SetBulkStatus", "SetBulkStatus", set_bulk_status, [ua.VariantType.UInt32], []
+        )
+
+    async def _add_bulk(self, server: Server, idx: int) -> None:
+        if not self.bulk:
+            return
+        bulk = await server.nodes.objects.add_folder(f"ns={idx};s=Bulk", "Bulk")
+        folder = bulk
+        for i in range(self.bulk):
+            # asyncua checks every sibling when adding a node: 10,000 in one folder would take minutes.
+            if i % _BULK_PER_FOLDER == 0:
+                name = f"G{i // _BULK_PER_FOLDER:03d}"
+                folder = await bulk.add_folder(f"ns={idx};s=Bulk.{name}", name)
+            vtype = BULK_TYPES[i % len(BULK_TYPES)]
+            await folder.add_variable(bulk_node_id(i), f"B{i:05d}", ua.Variant(bulk_value(i, 0), vtype))
+
+    @staticmethod
+    def _fix_transfer(server: Server) -> None:
+        """asyncua 2.1's TransferSubscriptions hands the subscription's publish *responses* to the new
+        session but keeps taking publish *requests* from the old, dead one, so a transferred subscription
+        never publishes again. Real servers move both; so does the simulator."""
+        subs = server.iserver.subscription_service
+        transfer = subs.transfer_subscriptions
+
+        async def transfer_both(
+            params: ua.TransferSubscriptionsParameters, session_id: ua.NodeId, callback: Callable[..., Any]
+        ) -> list[ua.TransferResult]:
+            results = await transfer(params, session_id, callback)
+            processor = getattr(callback, "__self__", None)
+            for sub_id, result in zip(params.SubscriptionIds, results, strict=True):
+                sub = subs.subscriptions.get(int(sub_id))
+                if sub is not None and processor is not None and result.StatusCode.is_good():
+                    sub.pub_request_callback = processor.get_publish_request
+            return results
+
+        subs.transfer_subscriptions = transfer_both  # type: ignore[method-assign]
+
+    def _enforce_limits(self, server: Server) -> None:
+        """Advertised limits are also enforced, so a client that ignores them fails here as on a PLC."""
+        limit = self.max_per_call
+        if not limit:
+            return
+        subs = server.iserver.subscription_service
+        create = subs.create_monitored_items
+        attributes = server.iserver.attribute_service
+        read = attributes.read
+
+        async def limited_create(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
+            if len(params.ItemsToCreate) > limit:
+                raise ServiceError(StatusCodes.BadTooManyOperations)
+            return await create(params)
+
+        def limited_read(params: ua.ReadParameters) -> list[ua.DataValue]:
+            if len(params.NodesToRead) > limit:
+                raise ServiceError(StatusCodes.BadTooManyOperations)
+            return read(params)
+
+        subs.create_monitored_items = limited_create  # type: ignore[method-assign]
+        attributes.read = limited_read  # type: ignore[method-assign]
+
+    async def _set_limits(self, server: Server) -> None:
+        if not self.max_per_call:
+            return
+        for oid in (
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRegisterNodes,
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        ):
+            await server.write_attribute_value(
+                ua.NodeId(ua.Int32(oid)), ua.DataValue(ua.Variant(self.max_per_call, ua.VariantType.UInt32))
+            )
+
+    async def _secure(self, server: Server) -> None:
+        if self.pki is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+            return
+        self.pki.mkdir(parents=True, exist_ok=True)
+        key, cert = self.pki / "server_key.pem", self.pki / "server_cert.der"
+        await cert_gen.setup_self_signed_certificate(
+            key, cert, APPLICATION_URI, socket.gethostname(), [ExtendedKeyUsageOID.SERVER_AUTH], {}
+        )
+        await server.set_application_uri(APPLICATION_URI)
+        await server.load_certificate(str(cert))
+        await server.load_private_key(str(key))
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity, *SECURE_POLICIES])
+        if self.users:
+            server.iserver.user_manager = _Users(self.users)  # type: ignore[assignment]
+            server.set_identity_tokens([ua.UserNameIdentityToken])
 
     async def _serve(self) -> None:
         server = Server()
@@ -144,12 +370,17 @@ class OpcUaPlc(TickingSimulator):
             raise RuntimeError(msg)
         server.set_endpoint(self.url)
         server.set_server_name("edge-gateway OPC UA PLC simulator")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        await self._secure(server)
         line = await server.nodes.objects.add_folder(f"ns={idx};s=Line1", "Line1")
         for tag, vtype in TAGS.items():
             self._nodes[tag] = await line.add_variable(node_id(tag), tag, ua.Variant(_INITIAL[tag], vtype))
+        await self._add_bulk(server, idx)
+        await self._add_controls(server, idx)
         await self._write_tick()  # counter = 1 before anyone can connect
         await server.start()
+        await self._set_limits(server)
+        self._enforce_limits(server)
+        self._fix_transfer(server)
         self._server = server
 
     async def _shutdown(self) -> None:
@@ -164,11 +395,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4840)
     parser.add_argument("--tick-ms", type=int, default=100)
+    parser.add_argument("--bulk", type=int, default=0, help="this many more variables under Objects/Bulk")
+    parser.add_argument("--bulk-changes", type=int, default=None, help="bulk variables changed per tick")
+    parser.add_argument("--pki", type=Path, default=None, help="serve secured endpoints, server certificate here")
+    parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="require this user")
+    parser.add_argument("--max-per-call", type=int, default=0, help="advertised and enforced operation limit")
     args = parser.parse_args(argv)
+    users = dict(u.split(":", 1) for u in args.user)
+    if users and args.pki is None:
+        parser.error("--user needs --pki (a password is never sent over an unsecured channel)")
     # asyncua warns about the unsecured endpoint on every start: expected here, and noise for whoever
     # reads our stdout/stderr.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    plc = OpcUaPlc(args.host, args.port, tick_ms=args.tick_ms)
+    plc = OpcUaPlc(
+        args.host,
+        args.port,
+        tick_ms=args.tick_ms,
+        bulk=args.bulk,
+        bulk_changes=args.bulk_changes,
+        pki=args.pki,
+        users=users,
+        max_per_call=args.max_per_call,
+    )
     asyncio.run(plc.run_until_signal("nodes: " + ", ".join(node_id(t) for t in TAGS)))
     return 0
 

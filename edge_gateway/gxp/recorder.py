@@ -3,8 +3,10 @@
 - At start: ``gateway.started`` (version, pid, config hash and where the config came from), preceded by
   ``config.applied`` with ``source: "file"`` when the configuration differs from the one the previous run
   recorded (a changed local file, or the very first start: ``hash_before`` null), by ``certificate.changed``
-  for every device certificate or CA whose fingerprint changed (or is seen for the first time), and by
-  ``provenance.declared`` for a new configuration (provenance.py).
+  for every device certificate, CA or OPC UA client certificate whose fingerprint changed (or is seen for
+  the first time) and ``trust_list.changed`` for an OPC UA trust list whose certificates changed (both
+  also checked every minute while running), and followed by ``provenance.declared`` for a new
+  configuration (provenance.py).
 - Shadow outcomes, once final (shadow.py): ``config.applied`` (after the confirm window passed),
   ``config.rejected`` (with every reason), ``config.rolled_back`` (with the reason): one entry per change.
   The same outcome for the same shadow version and config is recorded once, also when a crash between the
@@ -36,6 +38,7 @@ from edge_gateway.gxp.audit import (
     CONFIG_APPLIED,
     GATEWAY_STARTED,
     GATEWAY_STOPPED,
+    TRUST_LIST_CHANGED,
     AuditError,
     AuditTrail,
     changed_paths,
@@ -51,6 +54,7 @@ _CONFIG_EVENTS = ("config.applied", "config.rejected", "config.rolled_back")
 _STATE_FILE = "gateway-state.json"
 _PUBLISHED_FILE = "published.json"
 _FLUSH_S = 1.0
+OPCUA_CLIENT_CERT = "client_cert.der"  # in an OPC UA source's security.cert_dir (sources/opcua_security.py)
 
 
 def _dump(config: GatewayConfig) -> dict[str, Any]:
@@ -93,7 +97,7 @@ class AuditRecorder:
                 changed=changed_paths(before, _dump(config)) if isinstance(before, dict) else ["(document)"],
             )
             self._remember(config)
-        await self._certificates(config)
+        await self.check_certificates(config)
         await self.append(
             GATEWAY_STARTED,
             version=__version__,
@@ -164,28 +168,58 @@ class AuditRecorder:
     def close(self) -> None:
         self.trail.close()
 
-    async def _certificates(self, config: GatewayConfig) -> None:
+    async def check_certificates(self, config: GatewayConfig) -> None:
+        """Record certificates and OPC UA trust lists that changed since they were last recorded (at start,
+        and periodically: an OPC UA client certificate is created at the first secured connect, and
+        first-use trust adds to a trust list while the gateway runs)."""
         mqtt = config.publisher.mqtt
+        files: list[tuple[str, Path]] = [(r, p) for r, p in (("device", mqtt.cert_file), ("ca", mqtt.ca_file)) if p]
+        trust_lists: list[tuple[str, Path]] = []
+        for source in config.sources:
+            security = getattr(source, "security", None)
+            if security is None or security.mode == "None":
+                continue
+            files.append((f"opcua:{source.name}", security.cert_dir / OPCUA_CLIENT_CERT))
+            trust_lists.append((source.name, security.trust_path))
+        for role, path in files:
+            await self._certificate_changed(role, path)
+        for name, directory in trust_lists:
+            await self._trust_list_changed(name, directory)
+
+    async def _certificate_changed(self, role: str, path: Path) -> None:
         known: dict[str, Any] = self._state.setdefault("certificates", {})
-        for role, path in (("device", mqtt.cert_file), ("ca", mqtt.ca_file)):
-            if path is None:
-                continue
-            cert = _certificate(path)
-            if cert is None or known.get(role, {}).get("fingerprint") == cert["fingerprint"]:
-                continue
-            before = known.get(role, {}).get("fingerprint")
-            ok = await self.append(
-                CERTIFICATE_CHANGED,
-                role=role,
-                path=str(path),
-                fingerprint_before=before,
-                fingerprint_after=cert["fingerprint"],
-                subject=cert["subject"],
-                not_after=cert["not_after"],
-            )
-            if ok:
-                known[role] = {"path": str(path), "fingerprint": cert["fingerprint"]}
-                self._save_state()
+        cert = await asyncio.to_thread(_certificate, path)
+        if cert is None or known.get(role, {}).get("fingerprint") == cert["fingerprint"]:
+            return
+        ok = await self.append(
+            CERTIFICATE_CHANGED,
+            role=role,
+            path=str(path),
+            fingerprint_before=known.get(role, {}).get("fingerprint"),
+            fingerprint_after=cert["fingerprint"],
+            subject=cert["subject"],
+            not_after=cert["not_after"],
+        )
+        if ok:
+            known[role] = {"path": str(path), "fingerprint": cert["fingerprint"]}
+            self._save_state()
+
+    async def _trust_list_changed(self, source: str, directory: Path) -> None:
+        known: dict[str, list[str]] = self._state.setdefault("trust_lists", {})
+        now = sorted(await asyncio.to_thread(_fingerprints, directory))
+        before = known.get(str(directory))
+        if before == now or (before is None and not now):
+            return
+        ok = await self.append(
+            TRUST_LIST_CHANGED,
+            source=source,
+            path=str(directory),
+            added=sorted(set(now) - set(before or [])),
+            removed=sorted(set(before or []) - set(now)),
+        )
+        if ok:
+            known[str(directory)] = now
+            self._save_state()
 
     def _remember(self, config: GatewayConfig) -> None:
         self._state["config"] = _dump(config)
@@ -231,12 +265,19 @@ def _last_config_event(directory: Path) -> list[Any] | None:
     return last
 
 
+def _load_certificate(data: bytes) -> Any:  # noqa: ANN401 - cryptography's Certificate
+    from cryptography import x509  # noqa: PLC0415 - only when certificates are checked
+
+    return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+
+
 def _certificate(path: Path) -> dict[str, str] | None:
-    from cryptography import x509  # noqa: PLC0415 - only at start
     from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
 
     try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        cert = _load_certificate(path.read_bytes())
+    except FileNotFoundError:  # e.g. an OPC UA client certificate not created yet
+        return None
     except (OSError, ValueError) as exc:
         _log.warning("audit: certificate %s unreadable: %s", path, exc)
         return None
@@ -245,3 +286,14 @@ def _certificate(path: Path) -> dict[str, str] | None:
         "subject": cert.subject.rfc4514_string(),
         "not_after": cert.not_valid_after_utc.isoformat(),
     }
+
+
+def _fingerprints(directory: Path) -> list[str]:
+    """sha256 fingerprints of the certificates (DER or PEM) in a trust list directory."""
+    out = []
+    for path in sorted(directory.glob("*")) if directory.is_dir() else []:
+        if path.suffix.lower() in (".der", ".pem", ".crt", ".cer") and path.is_file():
+            cert = _certificate(path)
+            if cert is not None:
+                out.append(cert["fingerprint"])
+    return out

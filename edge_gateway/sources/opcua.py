@@ -1,31 +1,37 @@
-"""OPC UA source: one session and one subscription per source, data changes to readings, reconnect with backoff.
+"""OPC UA source: one session per source, subscribed and polled node groups, watchdogs, recovery.
 
-Contract (sources/base.py) plus:
-- Every configured node is a monitored item (data change, ``sampling_interval_ms``, ``queue_size``) of one
-  subscription with ``publishing_interval_ms``. Each alias gets its own client handle, so two aliases of
-  one node are two items and every notification maps to exactly one alias.
-- asyncua 2.1 calls the (synchronous) handler once per notification, each call in a task of its own,
-  started in arrival order. The handler only turns the notification into a Reading and appends it to a
-  queue; ``run()`` drains the whole queue at every wake-up and makes one ``await sink(batch)`` per wake-up
-  (group commit), in notification order. The queue is bounded (``max_pending``, default ``MAX_PENDING``):
-  if the sink falls that far behind, the oldest readings are dropped, counted in
-  ``errors_by_kind["overflow"]`` and logged once per episode (a flush that follows drops) with the count.
-- A node id that does not parse, names a namespace URI (``nsu=``) the server does not have, or that the
-  server refuses (unknown node, no access) gives one BAD reading for its alias per session (``status`` is
-  the server's StatusCode, or the reason as text) and counts in ``errors_by_kind["bad_node"]``; the other
-  nodes are subscribed and keep flowing.
-- Quality follows the StatusCode severity bits (Good / Uncertain / Bad); ``status`` keeps the code when
-  not GOOD. A Good value with the Overflow info bit means the server's queue for that item dropped values:
-  counted in ``errors_by_kind["server_overflow"]`` (raise ``queue_size`` or lower ``publishing_interval_ms``).
-  The source timestamp is the SourceTimestamp, else the ServerTimestamp.
-- Values: bool, int, float and str pass through; anything else becomes a str: ISO 8601 for DateTime,
-  base64 for ByteString, JSON text for arrays and structures, the text of a LocalizedText.
-- Session loss: asyncua's connection supervisor (its auto-reconnect off, so only our loop reconnects)
-  probes the server state every ``timeout_s`` (the probe gets as long to answer as any other request, so
-  a slow but working PLC is not dropped) and reports a closed or silent connection; its stale
-  watchdog re-creates a subscription whose keep-alives stop; a Bad subscription status also ends the
-  session. The reader then marks the gap with one BAD reading per subscribed alias, goes RECONNECTING
-  (logged once), and reconnects with jittered ``Backoff``, with a new session and subscription.
+Contract (sources/base.py) plus (reference: docs/opcua.md):
+- Nodes (opcua_nodes.py) are resolved on every connect; the subscribed ones become monitored items
+  (data change, per-node sampling interval, queue size, absolute/percent deadband) of one subscription
+  with ``publishing_interval_ms``; each poll group is read with batched Read requests every
+  ``poll_interval_ms`` (registered first with RegisterNodes). Every multi-node request stays within the
+  server's advertised operation limits.
+- Publish responses are handled whole (no task per notification): each data change becomes a Reading
+  appended to a queue; ``run()`` drains the queue at every wake-up with one ``await sink(batch)`` (group
+  commit), in notification order. The queue is bounded (``max_pending``): when the sink falls that far
+  behind, the oldest readings are dropped, counted in ``errors_by_kind["overflow"]`` and logged once per
+  episode with the count.
+- A node that cannot be resolved or that the server refuses gives one BAD reading for its alias per
+  session (``status`` is the server's StatusCode, or the reason as text), counts in
+  ``errors_by_kind["bad_node"]``, and is logged once per change of the refused set; the rest flow.
+- Quality: StatusCode severity (opcua_values.py), the code kept in ``status`` when not GOOD. A Good value
+  with the Overflow bit counts in ``errors_by_kind["server_overflow"]``. Timestamp per ``timestamp``:
+  source (falling back to server), server (falling back to source) or gateway only.
+- Recovery (a state machine: STARTING -> CONNECTED -> RECONNECTING -> CONNECTED ..., STOPPED at the end):
+  * session loss (socket closed, the server-state probe every ``timeout_s`` unanswered, a Bad
+    subscription status) ends the session;
+  * keep-alive watchdog: no publish response (data or keep-alive) for 2 x the revised keep-alive
+    interval + ``timeout_s`` while the session looks connected: the subscription stalled
+    (``errors_by_kind["stalled"]``), the session is ended;
+  * data-age watchdog (``max_data_age_s``): no data change for that long, same;
+  * at the end of a session every subscribed or polled alias gets one BAD reading with the reason (the
+    gap marker), the state goes RECONNECTING (logged once), and the reader reconnects after a jittered
+    ``Backoff`` delay; after a connection loss (not a stall) it first asks the new session to take the
+    old subscription over (TransferSubscriptions, initial values resent) and creates a new
+    subscription only when the server refuses (e.g. it restarted).
+- One session's publish handler, watchdogs and poll tasks live in opcua_session.py.
+- Security (opcua_security.py): Sign / SignAndEncrypt, trust list, user and password; a refused setup
+  is reported with what to do and retried with backoff like any connection failure.
 - Cancellation is never swallowed: the session is closed (at most ``CLOSE_TIMEOUT_S``) and the
   ``CancelledError`` propagates; readings still queued at that moment are not handed to the sink.
 """
@@ -33,198 +39,50 @@ Contract (sources/base.py) plus:
 from __future__ import annotations
 
 import asyncio
-import base64
-import dataclasses
-import datetime as dt
-import enum
-import json
 import logging
 import math
-import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.common.node import Node
-from asyncua.common.subscription import DataChangeNotif
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaStatusCodeError
 
 from edge_gateway.backoff import Backoff
-from edge_gateway.model import Quality, Reading, Value, now_ns
+from edge_gateway.model import Quality, Reading, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
 from edge_gateway.sources.opcua_config import OpcUaSource
-from edge_gateway.tasks import raise_if_cancelling
+from edge_gateway.sources.opcua_nodes import Item, build_items, chunks, read_limits, resolve, server_started
+from edge_gateway.sources.opcua_security import SecuritySetupError, secure
+from edge_gateway.sources.opcua_session import SESSION_ERRORS, Session, describe
+from edge_gateway.sources.opcua_values import quality_of, server_overflowed, to_ns, to_value
+from edge_gateway.tasks import cancel_and_wait, raise_if_cancelling
+
+__all__ = ["OpcUaReader", "quality_of", "server_overflowed", "to_ns", "to_value"]
 
 _log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 2.0
 MAX_PENDING = 100_000
 # The server drops our session this long after it last heard from us: short enough that a PLC with few
-# session slots gets them back soon after a network cut (we never resume old sessions).
+# session slots gets them back soon after a network cut, long enough to transfer the subscription.
 SESSION_TIMEOUT_MS = 60_000
-# Keep-alive about every 5 s when nothing changes; the server keeps the subscription 10 keep-alives
-# without publish requests.
-_KEEPALIVE_MS = 5_000
+# The server keeps the subscription 10 keep-alives without publish requests.
 _LIFETIME_KEEPALIVES = 10
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_US = dt.timedelta(microseconds=1)
-_SEVERITY = {0: Quality.GOOD, 1: Quality.UNCERTAIN}
-# StatusCode bits 10-11 = 01: the info bits describe a data value; bit 7: the server's queue overflowed.
-_INFO_TYPE_MASK, _INFO_TYPE_DATA_VALUE, _OVERFLOW_BIT = 0xC00, 0x400, 0x80
-# What asyncua raises when the server is unreachable, goes away, or answers with an error.
-_SESSION_ERRORS = (OSError, TimeoutError, UaError)
-
-
-def quality_of(code: int) -> Quality:
-    return _SEVERITY.get((code >> 30) & 3, Quality.BAD)
-
-
-def server_overflowed(code: int) -> bool:
-    return code & _INFO_TYPE_MASK == _INFO_TYPE_DATA_VALUE and bool(code & _OVERFLOW_BIT)
-
-
-def to_ns(ts: dt.datetime | None) -> int | None:
-    """Nanoseconds since the Unix epoch; None for a missing or null (pre-1970, e.g. 1601) timestamp."""
-    if ts is None:
-        return None
-    if ts.tzinfo is None:  # asyncua's DateTimes are UTC
-        ts = ts.replace(tzinfo=dt.UTC)
-    ns = (ts - _EPOCH) // _US * 1000
-    return ns if ns > 0 else None
-
-
-def to_value(value: object) -> Value:
-    """A Reading value for whatever a Variant holds (see the module docstring)."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)  # IntEnum and friends become plain ints
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    plain = _plain(value)
-    if plain is None or isinstance(plain, bool | int | float | str):
-        return plain
-    return json.dumps(plain, separators=(",", ":"), allow_nan=False, default=str)
-
-
-def _plain(value: object) -> object:
-    """JSON-friendly form of an OPC UA value (scalars stay scalars)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    for types, convert in _CONVERTERS:
-        if isinstance(value, types):
-            return convert(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # structures (ExtensionObjects)
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return str(value)
-
-
-def _utc_iso(value: dt.datetime) -> str:
-    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
-
-
-_CONVERTERS: tuple[tuple[type | tuple[type, ...], Callable[[Any], object]], ...] = (
-    (dt.datetime, _utc_iso),
-    ((bytes, bytearray), lambda v: base64.b64encode(v).decode("ascii")),
-    (uuid.UUID, str),
-    (enum.Enum, lambda v: v.name),
-    (ua.LocalizedText, lambda v: v.Text),
-    ((ua.QualifiedName, ua.NodeId), lambda v: v.to_string()),
-    (ua.StatusCode, lambda v: v.name),
-    (ua.Variant, lambda v: _plain(v.Value)),
-    ((list, tuple), lambda v: [_plain(x) for x in v]),
-    (dict, lambda v: {str(k): _plain(x) for k, x in v.items()}),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    handle: int  # the monitored item's client handle
-    alias: str
-    node_id: str  # as configured
-    parsed: ua.NodeId | None
-    problem: str | None  # why it can never be subscribed, when parsed is None
-
-
-def _parse(handle: int, alias: str, node_id: str) -> _Item:
-    try:
-        parsed = ua.NodeId.from_string(node_id)
-    except UaError as exc:
-        detail = exc.__cause__ or exc
-        return _Item(handle, alias, node_id, None, f"node {node_id!r} ({alias}): not a valid NodeId: {detail}")
-    if isinstance(parsed, ua.ExpandedNodeId) and parsed.ServerIndex:
-        return _Item(
-            handle, alias, node_id, None, f"node {node_id!r} ({alias}): srv= (another server) is not supported"
-        )
-    return _Item(handle, alias, node_id, parsed, None)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no answer in time (TimeoutError)"
-    if isinstance(exc, UaStatusCodeError):
-        return f"{ua.StatusCode(exc.code).name} ({exc.code:#010x})"
-    return f"{type(exc).__name__}: {exc}"
-
-
-class _Session:
-    """The subscription handler of one session: readings go to the reader, loss ends the session."""
-
-    def __init__(self, reader: OpcUaReader) -> None:
-        self.reader = reader
-        self.lost = asyncio.Event()
-        self.reason = "session ended"
-        self.subscribed: list[str] = []  # aliases with a monitored item, in config order
-        self.overflow_seen = False
-
-    def datachange_notification(self, _node: Node, val: object, data: DataChangeNotif) -> None:
-        item = data.monitored_item
-        alias = self.reader.aliases.get(item.ClientHandle)
-        if alias is None:  # not one of our handles; asyncua would have logged it
-            return
-        dv = item.Value
-        code = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
-        quality = quality_of(code)
-        if quality is Quality.GOOD and server_overflowed(code):
-            self._count_server_overflow(alias)
-        source_ts = to_ns(dv.SourceTimestamp) or to_ns(dv.ServerTimestamp)
-        status = None if quality is Quality.GOOD else code
-        self.reader.enqueue(Reading(self.reader.name, alias, to_value(val), quality, now_ns(), source_ts, status))
-
-    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
-        code = status.Status
-        if code is not None and not code.is_good():
-            self.lose(f"subscription ended by the server: {code.name}")
-
-    async def connection_lost(self, exc: Exception) -> None:
-        self.lose(f"connection to {self.reader.endpoint} lost: {_describe(exc)}")
-
-    def lose(self, reason: str) -> None:
-        if not self.lost.is_set():
-            self.reason = reason
-            self.lost.set()
-            self.reader.wake.set()
-
-    def _count_server_overflow(self, alias: str) -> None:
-        kinds = self.reader.status.errors_by_kind
-        kinds["server_overflow"] = kinds.get("server_overflow", 0) + 1
-        if not self.overflow_seen:
-            self.overflow_seen = True
-            _log.warning(
-                "opcua %s: the server dropped queued values of %s (overflow bit); raise queue_size or lower"
-                " publishing_interval_ms (counted in errors_by_kind.server_overflow)",
-                self.reader.name,
-                alias,
-            )
+_WATCHDOG_TICK_S = 0.25
+_AUTH_CODES = {
+    StatusCodes.BadUserAccessDenied,
+    StatusCodes.BadIdentityTokenInvalid,
+    StatusCodes.BadIdentityTokenRejected,
+}
+_CERT_CODES = {
+    StatusCodes.BadCertificateUntrusted,
+    StatusCodes.BadSecurityChecksFailed,
+    StatusCodes.BadCertificateInvalid,
+    StatusCodes.BadCertificateUriInvalid,
+}
+_DEADBAND = {"absolute": ua.DeadbandType.Absolute, "percent": ua.DeadbandType.Percent}
 
 
 class OpcUaReader:
@@ -234,12 +92,18 @@ class OpcUaReader:
         self.name = config.name
         self.endpoint = config.endpoint
         self.status = SourceStatus(config.name)
-        self.items = [_parse(i, n.alias, n.node_id) for i, n in enumerate(config.nodes, start=1)]
+        self.items = build_items(config)
         self.aliases = {item.handle: item.alias for item in self.items}
         self.wake = asyncio.Event()
         self._pending: deque[Reading] = deque()
         self._dropped = 0  # readings dropped from the full queue since the last flush
         self._refused_before: set[str] = set()
+        # After a connection loss: the subscription the next session tries to take over, and the sequence
+        # number of its last notification we got (Republish fetches the ones lost on the wire).
+        self._transferable: tuple[int, list[str]] | None = None
+        self.last_sequence = 0
+        self._server_start: object = None  # ServerStatus.StartTime of the server of the last session
+        self.transfers = 0  # subscriptions taken over by a new session (for tests and the docs)
 
     async def run(self, sink: Sink) -> None:
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
@@ -261,34 +125,83 @@ class OpcUaReader:
         self._pending.append(reading)
         self.wake.set()
 
+    def on_value(self, handle: int, dv: ua.DataValue, session: Session) -> None:
+        alias = self.aliases.get(handle)
+        if alias is None:  # not one of our handles
+            return
+        code = dv.StatusCode.value if dv.StatusCode is not None else 0
+        quality = quality_of(code)
+        if quality is Quality.GOOD and code and server_overflowed(code):
+            self._count_server_overflow(alias, session)
+        variant = dv.Value
+        value = to_value(variant.Value if variant is not None else None)
+        pref = self.config.timestamp
+        if pref == "source":
+            ts = to_ns(dv.SourceTimestamp) or to_ns(dv.ServerTimestamp)
+        elif pref == "server":
+            ts = to_ns(dv.ServerTimestamp) or to_ns(dv.SourceTimestamp)
+        else:
+            ts = None
+        status = None if quality is Quality.GOOD else code
+        self.enqueue(Reading(self.name, alias, value, quality, now_ns(), ts, status))
+
+    def _setup_hint(self, exc: BaseException) -> str:
+        c = self.config
+        if isinstance(exc, UaStatusCodeError):
+            if exc.code in _AUTH_CODES:
+                user = c.auth.username if c.auth else "anonymous"
+                where = (
+                    f"password file {c.auth.password_file}"
+                    if c.auth and c.auth.password_file
+                    else f"environment variable {c.auth.password_env}"
+                    if c.auth
+                    else "auth settings"
+                )
+                return f"; the server refused user {user!r}: check auth.username and the {where}"
+            if exc.code in _CERT_CODES:
+                return (
+                    f"; the server does not accept our client certificate {c.security.cert_dir}/client_cert.der:"
+                    " add it to the server's trusted certificates"
+                )
+        if c.security.mode == "None":
+            return "; check that the server runs, the endpoint is right and it accepts security policy None"
+        return (
+            f"; check that the server runs, the endpoint is right and it offers {c.security.policy}/{c.security.mode}"
+        )
+
     async def _session(self, sink: Sink, backoff: Backoff) -> str:
         """One session from connect to loss; returns why it ended (or never started)."""
         c = self.config
-        session = _Session(self)
+        session = Session(self)
         client = Client(self.endpoint, timeout=c.timeout_s, watchdog_intervall=c.timeout_s)
         client.name = client.description = f"edge-gateway source {self.name}"
         client.session_timeout = SESSION_TIMEOUT_MS
         client.connection_lost_callback = session.connection_lost
         connected = False
+        pollers: list[asyncio.Task[None]] = []
         try:
             try:
+                await secure(client, self.endpoint, c.security, c.auth)
                 await client.connect()
                 connected = True
                 refused = await self._subscribe(client, session)
-            except _SESSION_ERRORS as exc:
-                return (
-                    f"connect and subscribe to {self.endpoint}: {_describe(exc)}; check that the server runs,"
-                    " the endpoint is right and it accepts security policy None"
-                )
+                pollers = await session.start_polling(client)
+            except SecuritySetupError as exc:
+                return str(exc)
+            except SESSION_ERRORS as exc:
+                return f"connect and subscribe to {self.endpoint}: {describe(exc)}{self._setup_hint(exc)}"
             backoff.reset()
-            self._set_state(
-                SourceState.CONNECTED, f"subscribed to {len(session.subscribed)} of {len(self.items)} node(s)"
-            )
+            n = len(session.subscribed) + len(session.polled)
+            self._set_state(SourceState.CONNECTED, f"reading {n} of {len(self.items)} node(s)")
             for reading in refused:
                 self.enqueue(reading)
             await self._pump(sink, session)
             return session.reason
         finally:
+            await cancel_and_wait(pollers)
+            # A failed connect keeps what an earlier session left to take over.
+            if session.subscription_id is not None:
+                self._transferable = None if session.stalled else (session.subscription_id, session.subscribed)
             if connected:
                 await self._close(client)
             else:
@@ -296,35 +209,85 @@ class OpcUaReader:
                 # would only make asyncua warn on every retry); the socket of a cancelled connect must go.
                 client.disconnect_socket()
 
-    async def _resolve(self, client: Client) -> tuple[list[tuple[_Item, ua.NodeId]], dict[str, tuple[str, int | str]]]:
-        """The node ids to subscribe, and the refused ones: alias -> (message, Reading.status)."""
-        refused: dict[str, tuple[str, int | str]] = {}
-        wanted: list[tuple[_Item, ua.NodeId]] = []
-        namespaces: list[str] | None = None
-        for item in self.items:
-            nid = item.parsed
-            if nid is None:
-                assert item.problem is not None
-                refused[item.alias] = (item.problem, item.problem)
-                continue
-            if isinstance(nid, ua.ExpandedNodeId) and nid.NamespaceUri:
-                # Namespace indexes are the server's to assign and may change between its versions: resolve
-                # the URI on every connect.
-                if namespaces is None:
-                    namespaces = list(await client.get_namespace_array())
-                if nid.NamespaceUri not in namespaces:
-                    msg = f"node {item.node_id!r} ({item.alias}): namespace {nid.NamespaceUri!r} is not on the server"
-                    refused[item.alias] = (msg, msg)
-                    continue
-                nid = ua.NodeId(nid.Identifier, ua.Int16(namespaces.index(nid.NamespaceUri)), nid.NodeIdType)
-            wanted.append((item, nid))
-        return wanted, refused
-
-    async def _subscribe(self, client: Client, session: _Session) -> list[Reading]:
-        """Create the subscription and its monitored items; return one BAD reading per refused node."""
+    async def _subscribe(self, client: Client, session: Session) -> list[Reading]:
+        """Resolve the nodes, take over or create the subscription and its items; one BAD reading per
+        refused node is returned."""
         c = self.config
-        wanted, refused = await self._resolve(client)
-        keepalive = max(1, math.ceil(_KEEPALIVE_MS / c.publishing_interval_ms))
+        limits = await read_limits(client, c.max_items_per_call)
+        session.limits = limits
+        resolved = await resolve(client, self.items, limits)
+        refused = resolved.refused
+        wanted = [(item, nid) for item, nid in resolved.nodes if item.group.poll_interval_ms is None]
+        session.to_poll = [(item, nid) for item, nid in resolved.nodes if item.group.poll_interval_ms is not None]
+        if wanted and not await self._transfer(client, session):
+            await self._create_subscription(client, session, wanted, refused)
+        self._report_refused(refused)
+        ts = now_ns()
+        return [
+            Reading(self.name, alias, None, Quality.BAD, ts, None, status) for alias, (_, status) in refused.items()
+        ]
+
+    async def _transfer(self, client: Client, session: Session) -> bool:
+        """Take over the previous session's subscription (after a connection loss); False: create anew."""
+        started, self._server_start = self._server_start, await server_started(client)
+        if self._transferable is None:
+            return False
+        sub_id, subscribed = self._transferable
+        self._transferable = None
+        if started != self._server_start or started is None:
+            # Another server process: its subscription ids are not ours, even where the numbers match.
+            _log.info("opcua %s: the server restarted; creating a new subscription", self.name)
+            return False
+        params = ua.TransferSubscriptionsParameters(SubscriptionIds=[sub_id], SendInitialValues=True)
+        try:
+            results = await client.uaclient.transfer_subscriptions(params)
+        except UaStatusCodeError as exc:  # e.g. BadServiceUnsupported
+            _log.info(
+                "opcua %s: TransferSubscriptions refused (%s); creating a new subscription", self.name, describe(exc)
+            )
+            return False
+        if not results or not results[0].StatusCode.is_good():
+            code = results[0].StatusCode.name if results else "no result"
+            _log.info("opcua %s: subscription %d not transferable (%s); creating a new one", self.name, sub_id, code)
+            return False
+        # Notifications the server sent but we never got (in flight at the cut) come first, in order.
+        for seq in sorted(int(s) for s in results[0].AvailableSequenceNumbers or []):
+            if seq > self.last_sequence:
+                try:
+                    message = await client.uaclient.session.republish(sub_id, seq)
+                except UaStatusCodeError:  # BadMessageNotAvailable: gone from the server's queue meanwhile
+                    continue
+                await session.on_publish(ua.PublishResult(SubscriptionId=sub_id, NotificationMessage=message))
+        # asyncua has no public call to route a transferred subscription's publish responses;
+        # Subscription.restore() registers it the same way.
+        client.uaclient.session._subscription_callbacks[sub_id] = session.on_publish  # noqa: SLF001
+        client.uaclient.ensure_publish_loop()
+        session.subscription_id = sub_id
+        session.subscribed = list(subscribed)
+        session.last_publish = session.last_data = session.clock()
+        session.first_publish_within_s = 2 * self.config.publishing_interval_ms / 1000 + self.config.timeout_s
+        session.stall_after_s = self._stall_after(float(self.config.publishing_interval_ms), self._keepalive_count())
+        self.transfers += 1
+        _log.info(
+            "opcua %s: took over subscription %d (%d items) in the new session", self.name, sub_id, len(subscribed)
+        )
+        return True
+
+    def _keepalive_count(self) -> int:
+        return max(1, math.ceil(self.config.keepalive_s * 1000 / self.config.publishing_interval_ms))
+
+    def _stall_after(self, interval_ms: float, keepalive_count: int) -> float:
+        return 2 * interval_ms * keepalive_count / 1000 + self.config.timeout_s
+
+    async def _create_subscription(
+        self,
+        client: Client,
+        session: Session,
+        wanted: list[tuple[Item, ua.NodeId]],
+        refused: dict[str, tuple[str, int | str]],
+    ) -> None:
+        c = self.config
+        keepalive = self._keepalive_count()
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=float(c.publishing_interval_ms),
             RequestedLifetimeCount=keepalive * _LIFETIME_KEEPALIVES,
@@ -333,16 +296,47 @@ class OpcUaReader:
             PublishingEnabled=True,
             Priority=0,
         )
-        if wanted:
-            subscription = await client.create_subscription(params, session)
-            results = await subscription.create_monitored_items([self._request(item, nid) for item, nid in wanted])
-            for (item, _), result in zip(wanted, results, strict=True):
-                if isinstance(result, ua.StatusCode):
-                    msg = f"node {item.node_id!r} ({item.alias}): {result.name} ({result.value:#010x})"
-                    refused[item.alias] = (msg, int(result.value))
-                else:
+        self.last_sequence = 0
+        result = await client.uaclient.create_subscription(params, session.on_publish)
+        session.subscription_id = int(result.SubscriptionId)
+        session.last_publish = session.last_data = session.clock()
+        session.stall_after_s = self._stall_after(
+            result.RevisedPublishingInterval, int(result.RevisedMaxKeepAliveCount)
+        )
+        for chunk in chunks(wanted, session.limits["monitored"]):
+            request = ua.CreateMonitoredItemsParameters(
+                SubscriptionId=result.SubscriptionId,
+                TimestampsToReturn=ua.TimestampsToReturn.Both,
+                ItemsToCreate=[self._request(item, nid) for item, nid in chunk],
+            )
+            results = await client.uaclient.create_monitored_items(request)
+            for (item, _), created in zip(chunk, results, strict=True):
+                code = created.StatusCode
+                if code.is_good():
                     session.subscribed.append(item.alias)
+                else:
+                    msg = f"node {item.where!r} ({item.alias}): {code.name} ({code.value:#010x})"
+                    refused[item.alias] = (msg, int(code.value))
 
+    def _request(self, item: Item, nid: ua.NodeId) -> ua.MonitoredItemCreateRequest:
+        parameters = ua.MonitoringParameters(
+            ClientHandle=item.handle,
+            SamplingInterval=float(item.sampling_interval_ms),
+            QueueSize=item.queue_size,
+            DiscardOldest=True,
+        )
+        deadband = _DEADBAND.get(item.deadband_type)
+        if deadband is not None:
+            parameters.Filter = ua.DataChangeFilter(
+                Trigger=ua.DataChangeTrigger.StatusValue, DeadbandType=deadband, DeadbandValue=item.deadband_value
+            )
+        return ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=nid, AttributeId=AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=parameters,
+        )
+
+    def _report_refused(self, refused: dict[str, tuple[str, int | str]]) -> None:
         for message, _ in refused.values():
             self.status.error("bad_node", message)
         if set(refused) != self._refused_before:
@@ -356,37 +350,38 @@ class OpcUaReader:
                     self.endpoint,
                     "; ".join(message for message, _ in refused.values()),
                 )
-        ts = now_ns()
-        return [
-            Reading(self.name, alias, None, Quality.BAD, ts, None, status) for alias, (_, status) in refused.items()
-        ]
 
-    def _request(self, item: _Item, nid: ua.NodeId) -> ua.MonitoredItemCreateRequest:
-        c = self.config
-        return ua.MonitoredItemCreateRequest(
-            ItemToMonitor=ua.ReadValueId(NodeId=nid, AttributeId=AttributeIds.Value),
-            MonitoringMode=ua.MonitoringMode.Reporting,
-            RequestedParameters=ua.MonitoringParameters(
-                ClientHandle=item.handle,
-                SamplingInterval=float(c.sampling_interval_ms),
-                QueueSize=c.queue_size,
-                DiscardOldest=True,
-            ),
-        )
-
-    async def _pump(self, sink: Sink, session: _Session) -> None:
+    async def _pump(self, sink: Sink, session: Session) -> None:
+        max_age = self.config.max_data_age_s
         while not session.lost.is_set():
             raise_if_cancelling()
-            await self.wake.wait()
+            try:
+                async with asyncio.timeout(_WATCHDOG_TICK_S):
+                    await self.wake.wait()
+            except TimeoutError:
+                session.check_watchdogs(max_age)
+                continue
             self.wake.clear()
             await self._flush(sink)
-        # asyncua may still hold handler calls for notifications that arrived before the loss: let them
-        # run so they come before the gap marker.
+            session.check_watchdogs(max_age)
+        # Handler calls for notifications that arrived before the loss come before the gap marker.
         await asyncio.sleep(0)
         ts = now_ns()
-        for alias in session.subscribed:
+        for alias in [*session.subscribed, *session.polled]:
             self.enqueue(Reading(self.name, alias, None, Quality.BAD, ts, None, session.reason))
         await self._flush(sink)
+
+    def _count_server_overflow(self, alias: str, session: Session) -> None:
+        kinds = self.status.errors_by_kind
+        kinds["server_overflow"] = kinds.get("server_overflow", 0) + 1
+        if not session.overflow_seen:
+            session.overflow_seen = True
+            _log.warning(
+                "opcua %s: the server dropped queued values of %s (overflow bit); raise queue_size or lower"
+                " publishing_interval_ms (counted in errors_by_kind.server_overflow)",
+                self.name,
+                alias,
+            )
 
     async def _flush(self, sink: Sink) -> None:
         if self._dropped:
@@ -421,9 +416,9 @@ class OpcUaReader:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await client.disconnect()
-        except _SESSION_ERRORS as exc:
+        except SESSION_ERRORS as exc:
             # Nothing to do about it: the server drops the session after SESSION_TIMEOUT_MS anyway.
-            _log.debug("opcua %s: closing the session at %s: %s", self.name, self.endpoint, _describe(exc))
+            _log.debug("opcua %s: closing the session at %s: %s", self.name, self.endpoint, describe(exc))
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # asyncua's disconnect swallows a CancelledError that lands while it stops its own tasks

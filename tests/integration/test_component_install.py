@@ -47,18 +47,22 @@ pytestmark = pytest.mark.skipif(
 
 
 def runtime_distributions(requirements: list[str]) -> list[metadata.Distribution]:
-    """The installed distributions ``requirements`` need, dependencies included (extras left out)."""
+    """The installed distributions ``requirements`` need, dependencies and requested extras included."""
     found: dict[str, metadata.Distribution] = {}
+    done: set[tuple[str, frozenset[str]]] = set()
     queue = [Requirement(r) for r in requirements]
     while queue:
         req = queue.pop()
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        name, extras = canonicalize_name(req.name), frozenset(req.extras)
+        if (name, extras) in done:
             continue
-        if canonicalize_name(req.name) in found:
-            continue
-        dist = metadata.distribution(req.name)
-        found[canonicalize_name(req.name)] = dist
-        queue += [Requirement(r) for r in dist.requires or []]
+        done.add((name, extras))
+        dist = found.setdefault(name, metadata.distribution(req.name))
+        for text in dist.requires or []:
+            dep = Requirement(text)
+            wanted = dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in ("", *extras))
+            if wanted:
+                queue.append(dep)
     return list(found.values())
 
 
@@ -261,3 +265,16 @@ async def test_run_publishes_and_stops_cleanly_on_sigterm(
     assert f"gateway.thing_name = {THING} (from the Greengrass core's thing name)" in text
     assert (device.work / "data" / "buffer").is_dir()  # the buffer lives in the work directory
     assert os.environ.get("EDGE_GATEWAY_CONFIG_JSON") is None  # nothing leaked into this process
+
+
+def test_install_from_an_artifact_built_without_wheels_says_how_to_build_it(device: Device) -> None:
+    """What a gdk user who skipped the wheels pre-step gets (gdk 1.6.2 builds such a zip and exits 0)."""
+    variables = device.variables | {"artifacts:decompressedPath": str(device.work / "no-wheels")}
+    script = interpolate(device.lifecycle()["Install"]["Script"], variables, {})
+    script = script.replace(str(device.venv), str(device.work / "venv-no-wheels"))
+    done = subprocess.run(
+        ["/bin/sh", "-c", script], env={"PATH": device.path}, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert "the artifact has no wheels/: build it with 'make build'" in done.stderr
+    assert not (device.work / "venv-no-wheels").exists()

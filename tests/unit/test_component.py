@@ -129,7 +129,9 @@ def test_install_is_offline_idempotent_and_from_the_artifact(
     assert lines[0] == "set -eu"
     assert lines[2] == 'if [ -f "$venv/.installed" ]; then exit 0; fi'  # nothing to do at a restart
     assert "--no-index" in install
-    assert f'--find-links "{{artifacts:decompressedPath}}/{component.zip_name}/wheels"' in install
+    assert f'wheels="{{artifacts:decompressedPath}}/{component.zip_name}/wheels"' in lines
+    assert '--find-links "$wheels"' in install
+    assert 'if [ ! -d "$wheels" ]; then' in lines  # a zip built without them says so
     assert lines.index('touch "$venv/.installed"') > next(i for i, line in enumerate(lines) if "pip install" in line)
     assert "python3.11 -m venv" in install
     assert build.PYTHON_VERSION == "3.11"

@@ -69,7 +69,9 @@ def test_word_order_is_visible_in_the_registers_and_ignored_for_16_bit_types() -
 
 
 def test_float32_nan_decodes_to_nan() -> None:
-    assert math.isnan(decode(pt(0, "float32"), [0x7FC0, 0x0000]))
+    value = decode(pt(0, "float32"), [0x7FC0, 0x0000])
+    assert isinstance(value, float)
+    assert math.isnan(value)
 
 
 @pytest.mark.parametrize(
