@@ -141,4 +141,5 @@ def test_a_shadow_can_neither_introduce_nor_change_opcua_trust_settings(tmp_path
     bare.pop("security")
     kept_local = effective_config(local, {"sources": [bare]}).sources[0]
     assert isinstance(kept_local, OpcUaSource)
+    assert isinstance(local.sources[0], OpcUaSource)
     assert kept_local.security == local.sources[0].security
