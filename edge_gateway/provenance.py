@@ -20,13 +20,13 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from edge_gateway.buffer.base import Record
 from edge_gateway.config import GatewayConfig, SourceConfig
+from edge_gateway.files import write_json_durably
 
 _log = logging.getLogger(__name__)
 
@@ -155,13 +155,7 @@ class Epochs:
             self._save()
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump([[a, b] for a, b in zip(self._firsts, self._hashes, strict=True)], f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        write_json_durably(self.path, [[a, b] for a, b in zip(self._firsts, self._hashes, strict=True)])
 
 
 def _first_at_or_after(records: Sequence[Record], seq: int) -> int:

@@ -24,7 +24,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pydantic import ValidationError
 
 from edge_gateway.config import GatewayConfig, field_errors
 from edge_gateway.errors import ConfigError, FieldError
+from edge_gateway.files import write_json_durably
 
 _log = logging.getLogger(__name__)
 
@@ -231,24 +231,13 @@ class AppliedConfig:
     rolled_back: str | None = None
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         doc = {
             "version": self.version,
             "desired": self.desired,
             "config_hash": self.config_hash,
             "rolled_back": self.rolled_back,
         }
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(doc, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_json_durably(path, doc)
 
     @classmethod
     def load(cls, path: Path) -> AppliedConfig | None:

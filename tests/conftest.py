@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.sources.base import Sink, Source
 from simulators.iot_core import MosquittoBroker, Pki, add_client, free_port, generate_pki
+from simulators.shadow import ShadowService
 from tests.support import (
     ALLOW_ALL_ACL,
     MODBUS_TICK_MS,
     THING,
     Consumer,
     GatewayProcess,
+    Starter,
     gateway_config,
     mqtt_settings,
     start_sim,
@@ -68,3 +73,38 @@ def gateway(tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, 
     gw = GatewayProcess(config, tmp_path)
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+async def shadow(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[ShadowService]:
+    """The Device Shadow service stand-in on the test broker."""
+    async with ShadowService(mqtt_settings(pki, broker, client="shadow-service"), client_id="shadow-service") as svc:
+        yield svc
+
+
+@pytest.fixture
+async def start_task() -> AsyncIterator[Starter]:
+    """Run coroutines as tasks; cancel them in teardown and check that one cancel really stops each."""
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name="test:task")
+        tasks.append(task)
+        return task
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+
+
+@pytest.fixture
+def run_reader(start_task: Starter) -> Callable[[Source, Sink], asyncio.Task[None]]:
+    """Run a source reader into a sink as a task, stopped (and checked to stop) in teardown."""
+
+    def start(reader: Source, sink: Sink) -> asyncio.Task[None]:
+        return start_task(reader.run(sink))
+
+    return start

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,10 @@ def mqtt_settings(pki: Pki, broker: MosquittoBroker, *, client: str = THING, **o
         "iot_core_flow_control": False,
     }
     return MqttSettings(**(values | overrides))
+
+
+# Starts a coroutine as a task the test fixture stops at teardown (conftest ``start_task``).
+Starter = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
 
 
 def is_data(topic: str) -> bool:

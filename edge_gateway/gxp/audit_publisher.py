@@ -28,11 +28,11 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from edge_gateway.backoff import Backoff
+from edge_gateway.files import write_json_durably
 from edge_gateway.gxp.audit import AuditEntry, AuditError, AuditTrail
 
 _log = logging.getLogger(__name__)
@@ -165,15 +165,4 @@ def _load_state(path: Path) -> tuple[int, str | None]:
 
 
 def _save_state(path: Path, seq: int, entry_hash: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump({"seq": seq, "hash": entry_hash}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_json_durably(path, {"seq": seq, "hash": entry_hash})

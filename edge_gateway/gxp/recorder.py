@@ -32,6 +32,7 @@ from typing import Any
 
 from edge_gateway import __version__
 from edge_gateway.config import GatewayConfig
+from edge_gateway.files import write_json_durably
 from edge_gateway.gxp.audit import (
     BUFFER_QUARANTINED,
     CERTIFICATE_CHANGED,
@@ -227,13 +228,8 @@ class AuditRecorder:
         self._save_state()
 
     def _save_state(self) -> None:
-        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
         try:
-            with tmp.open("w", encoding="utf-8") as f:
-                json.dump(self._state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self._state_path)
+            write_json_durably(self._state_path, self._state)
         except OSError as exc:
             _log.error("audit state %s not saved: %s", self._state_path, exc)
 

@@ -14,9 +14,8 @@ from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.modbus_config import ModbusSource
 from simulators.modbus_process import ModbusSimProcess
-from tests.integration.test_modbus_source import Collect, Starter, start_task, until
-
-__all__ = ["start_task"]  # the fixture, imported for the test below
+from tests.integration.test_modbus_source import Collect, until
+from tests.support import Starter
 
 pytestmark = pytest.mark.slow
 

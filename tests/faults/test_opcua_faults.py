@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,23 +21,6 @@ from tests.integration.test_opcua_source import Collected, assert_consecutive
 from tests.netpath import NetPath
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def run_reader() -> AsyncIterator[Callable[[OpcUaReader, Collected], asyncio.Task[None]]]:
-    tasks: list[asyncio.Task[None]] = []
-
-    def start(reader: OpcUaReader, sink: Collected) -> asyncio.Task[None]:
-        task = asyncio.create_task(reader.run(sink), name=f"source:opcua:{reader.name}")
-        tasks.append(task)
-        return task
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,12 @@ from tests.support import (
     GatewayProcess,
     gateway_config,
     is_data,
-    mqtt_settings,
     start_sim,
     stop_process,
 )
 
 AUDIT = f"dt/{THING}/audit"
 WINDOW_S = 4.0
-
-
-@pytest.fixture
-async def shadow(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[ShadowService]:
-    async with ShadowService(mqtt_settings(pki, broker, client="shadow-service"), client_id="shadow-service") as svc:
-        yield svc
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from tests.support import (
     Consumer,
     GatewayProcess,
     gateway_config,
-    mqtt_settings,
     start_sim,
     stop_process,
 )
@@ -35,12 +34,6 @@ from tests.support import (
 STATUS = f"dt/{THING}/status"
 SHADOW = "edge-gateway"
 HEARTBEAT_S = 2
-
-
-@pytest.fixture
-async def shadow(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[ShadowService]:
-    async with ShadowService(mqtt_settings(pki, broker, client="shadow-service"), client_id="shadow-service") as svc:
-        yield svc
 
 
 @pytest.fixture

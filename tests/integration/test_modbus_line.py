@@ -16,9 +16,8 @@ from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.modbus import QUARANTINE_S, ModbusReader
 from edge_gateway.sources.modbus_config import ModbusSource
 from simulators.modbus_process import ModbusSimProcess
-from tests.integration.test_modbus_source import Collect, Starter, start_task, until
-
-__all__ = ["start_task"]  # the fixture, imported for the tests below
+from tests.integration.test_modbus_source import Collect, until
+from tests.support import Starter
 
 
 def line_config(sim: ModbusSimProcess, devices: list[dict[str, Any]], **overrides: Any) -> ModbusSource:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import pytest
@@ -24,7 +24,7 @@ from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.modbus_config import ModbusTcpSource
 from simulators.iot_core import free_port
 from simulators.modbus_plc import REGISTERS, ModbusPlc
-from tests.support import start_sim, stop_process
+from tests.support import Starter, start_sim, stop_process
 
 FROZEN_TICK_MS = 3_600_000  # the simulator's own ticks never come during a test: the test calls step()
 
@@ -86,27 +86,6 @@ async def until(predicate: Callable[[], object], timeout_s: float = 10) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():
             await asyncio.sleep(0.02)
-
-
-Starter = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
-
-
-@pytest.fixture
-async def start_task() -> AsyncIterator[Starter]:
-    """Run coroutines as tasks; cancel them in teardown and wait until they are gone."""
-    tasks: list[asyncio.Task[None]] = []
-
-    def start(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name="test:modbus-reader")
-        tasks.append(task)
-        return task
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
 
 
 class ModbusTap:

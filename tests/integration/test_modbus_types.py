@@ -17,9 +17,8 @@ from edge_gateway.model import Quality
 from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.modbus_config import ModbusSource
 from simulators.modbus_process import ModbusSimProcess
-from tests.integration.test_modbus_source import Collect, Starter, start_task, until
-
-__all__ = ["start_task"]  # the fixture, imported for the tests below
+from tests.integration.test_modbus_source import Collect, until
+from tests.support import Starter
 
 ORDERS = [("big", "big"), ("big", "little"), ("little", "big"), ("little", "little")]
 VALUES: dict[str, list[Any]] = {

@@ -5,7 +5,7 @@ deadband and timestamp choice."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,23 +22,6 @@ from tests.integration.test_opcua_source import Collected, assert_consecutive
 OPC_UA_NS = "http://opcfoundation.org/UA/"
 BULK = 10_000
 LIMIT = 1000
-
-
-@pytest.fixture
-async def run_reader() -> AsyncIterator[Callable[[OpcUaReader, Collected], asyncio.Task[None]]]:
-    tasks: list[asyncio.Task[None]] = []
-
-    def start(reader: OpcUaReader, sink: Collected) -> asyncio.Task[None]:
-        task = asyncio.create_task(reader.run(sink), name=f"source:opcua:{reader.name}")
-        tasks.append(task)
-        return task
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
 
 
 @pytest.fixture(scope="module")

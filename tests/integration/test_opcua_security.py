@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +31,6 @@ def secure_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OpcUa
     sim.start()
     yield sim, pki
     sim.stop()
-
-
-@pytest.fixture
-async def run_reader() -> AsyncIterator[Callable[[OpcUaReader, Collected], asyncio.Task[None]]]:
-    tasks: list[asyncio.Task[None]] = []
-
-    def start(reader: OpcUaReader, sink: Collected) -> asyncio.Task[None]:
-        task = asyncio.create_task(reader.run(sink), name=f"source:opcua:{reader.name}")
-        tasks.append(task)
-        return task
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
 
 
 def secure_config(endpoint: str, tmp: Path, password: str = PASSWORD, **security: Any) -> OpcUaSource:

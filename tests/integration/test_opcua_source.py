@@ -97,24 +97,6 @@ def assert_consecutive(values: list[Any], what: str) -> None:
 
 
 @pytest.fixture
-async def run_reader() -> AsyncIterator[Callable[[OpcUaReader, Collected], asyncio.Task[None]]]:
-    """Runs readers as tasks; cancels them at the end and checks they really stop."""
-    tasks: list[asyncio.Task[None]] = []
-
-    def start(reader: OpcUaReader, sink: Collected) -> asyncio.Task[None]:
-        task = asyncio.create_task(reader.run(sink), name=f"source:opcua:{reader.name}")
-        tasks.append(task)
-        return task
-
-    yield start
-    for task in tasks:
-        task.cancel()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-
-
-@pytest.fixture
 async def plc() -> AsyncIterator[OpcUaPlc]:
     async with OpcUaPlc(port=free_port(), tick_ms=50) as p:
         yield p

@@ -8,7 +8,7 @@ import contextlib
 import copy
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,6 @@ from tests.support import THING, Consumer, GatewayProcess, gateway_config, is_da
 
 SHADOW = "edge-gateway"
 WINDOW_S = 4.0
-
-
-@pytest.fixture
-async def shadow(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[ShadowService]:
-    async with ShadowService(mqtt_settings(pki, broker, client="shadow-service"), client_id="shadow-service") as svc:
-        yield svc
 
 
 @pytest.fixture
