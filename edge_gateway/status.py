@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 from edge_gateway import __version__
 from edge_gateway.clock import ClockWatch, clock_synchronised
-from edge_gateway.shadow_config import config_hash
 
 if TYPE_CHECKING:
     from edge_gateway.supervisor import Gateway
@@ -175,7 +174,7 @@ class StatusReporter:
         gw = self.gateway
         version = gw.shadow.applied_version if gw.shadow is not None else None
         return {
-            "hash": config_hash(gw.config),
+            "hash": gw.config_hash,
             "source": "local" if version is None else "shadow",
             "shadow_version": version,
         }

@@ -159,6 +159,7 @@ class Gateway:
         )
         self.transport = make_transport(config, self.presence.will)
         self.presence.attach(self.transport)
+        self.audit_error: str | None = None
         self.audit = self._open_audit(config)
         self.epochs = Epochs(config.gateway.data_dir / "provenance-epochs.json")
         self.sources = [SOURCE_TYPES[type(s)](s) for s in config.sources]
@@ -178,7 +179,8 @@ class Gateway:
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._publisher_tasks: dict[str, asyncio.Task[None]] = {}
         self._apply_lock = asyncio.Lock()
-        self.audit_error: str | None = None
+        self._hashed: GatewayConfig | None = None
+        self._hash = ""
 
     def _publisher(self, d: DestinationConfig, *, flow_control: bool) -> Publisher:
         return Publisher(
@@ -207,6 +209,13 @@ class Gateway:
             )
             self.audit_error = str(exc)
             return None
+
+    @property
+    def config_hash(self) -> str:
+        """The running config's hash, computed once per config (the status asks at every snapshot)."""
+        if self._hashed is not self.config:
+            self._hashed, self._hash = self.config, config_hash(self.config)
+        return self._hash
 
     async def _publish_after_status(self, topic: str, payload: bytes) -> int:
         """Publish once this connection's fresh status went out (the audit backlog queues like data)."""

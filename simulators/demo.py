@@ -36,6 +36,7 @@ from edge_gateway.config import MqttSettings, ShadowSettings
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.status import render
 from simulators.iot_core import MosquittoBroker, add_client, free_port, generate_pki
+from simulators.process import stop_process
 
 THING = "demo-gateway"
 SHADOW = ShadowSettings().name  # the gateway config leaves `shadow` at its defaults
@@ -49,16 +50,6 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, *args], stdout=out, stderr=out, env=os.environ | {"PYTHONUNBUFFERED": "1"}
         )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
@@ -223,7 +214,7 @@ async def run(args: argparse.Namespace, directory: Path, broker: MosquittoBroker
         await cloud.stop()
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
         broker.stop()
     print(f"\nstopped. logs and config in {directory}")
     return 0

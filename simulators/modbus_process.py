@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from simulators.iot_core import free_port
+from simulators.process import stop_process
 
 
 class ModbusSimProcess:
@@ -86,18 +87,8 @@ class ModbusSimProcess:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(8)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        if proc is not None:
+            stop_process(proc, sig)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

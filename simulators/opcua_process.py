@@ -11,6 +11,8 @@ from pathlib import Path
 from asyncua import ua
 from asyncua.client.client import Client
 
+from simulators.process import stop_process
+
 
 class OpcUaSimProcess:
     """``python -m simulators.opcua_plc`` with options; ``start()`` returns once it printed READY."""
@@ -38,26 +40,12 @@ class OpcUaSimProcess:
 
     def kill(self) -> None:
         """SIGKILL: the PLC loses power."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._close_streams()
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGKILL)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(8)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._close_streams()
-
-    def _close_streams(self) -> None:
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def server_certificate(pki: Path) -> bytes:

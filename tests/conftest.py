@@ -12,6 +12,7 @@ import pytest
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.sources.base import Sink, Source
 from simulators.iot_core import MosquittoBroker, Pki, add_client, free_port, generate_pki
+from simulators.process import stop_process
 from simulators.shadow import ShadowService
 from tests.support import (
     ALLOW_ALL_ACL,
@@ -23,7 +24,6 @@ from tests.support import (
     gateway_config,
     mqtt_settings,
     start_sim,
-    stop_process,
 )
 
 

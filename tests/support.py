@@ -22,6 +22,7 @@ from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.publish.publisher import Publisher, encoder_for
 from simulators.iot_core import MosquittoBroker, Pki
+from simulators.process import stop_process
 
 THING = "test-gateway"
 COUNTERS = ("press.counter", "boiler.counter")
@@ -158,19 +159,6 @@ def start_sim(module: str, port: int, tick_ms: int = 100) -> subprocess.Popen[st
     line = proc.stdout.readline()
     assert line.startswith("READY"), f"{module} did not start: {line!r}"
     return proc
-
-
-def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 def gateway_config(

@@ -10,43 +10,25 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_gateway.gxp.audit import read_entries, verify
-from simulators.iot_core import MosquittoBroker, Pki, free_port
+from simulators.iot_core import free_port
+from simulators.process import stop_process
 from simulators.shadow import ShadowService
-from tests.integration.test_shadow_config import SHADOW, reported_status, source, until
+from tests.integration.test_shadow_config import SHADOW, WINDOW_S, config, gw, reported_status, source, until
 from tests.support import (
     MODBUS_TICK_MS,
     THING,
     Consumer,
     GatewayProcess,
-    gateway_config,
     is_data,
     start_sim,
-    stop_process,
 )
 
 AUDIT = f"dt/{THING}/audit"
-WINDOW_S = 4.0
-
-
-@pytest.fixture
-def config(tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int]) -> dict[str, Any]:
-    doc = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
-    doc["shadow"] = {"confirm_window_s": WINDOW_S, "request_timeout_s": 3}
-    return doc
-
-
-@pytest.fixture
-def gw(config: dict[str, Any], tmp_path: Path) -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess(config, tmp_path)
-    yield gateway
-    gateway.stop()
+__all__ = ["config", "gw"]  # the fixtures, shared with the shadow configuration tests
 
 
 def trail_dir(gw: GatewayProcess) -> Path:

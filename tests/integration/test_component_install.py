@@ -35,7 +35,8 @@ from packaging.utils import canonicalize_name
 
 from scripts import build_component as build
 from simulators.iot_core import MosquittoBroker, Pki
-from tests.support import THING, Consumer, stop_process
+from simulators.process import stop_process
+from tests.support import THING, Consumer
 
 ROOT = Path(__file__).parents[2]
 _SKIPPED_DIST_INFO = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import stop_process
+from simulators.process import stop_process
 
 
 def wait_for_shadow_commands(demo: subprocess.Popen[bytes], out: Path, timeout_s: float = 60) -> dict[str, list[str]]:

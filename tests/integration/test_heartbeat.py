@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_gateway.status import clock_synchronised
 from simulators.iot_core import MosquittoBroker, Pki, free_port
+from simulators.process import stop_process
 from simulators.shadow import ShadowService
 from tests.support import (
     MODBUS_TICK_MS,
@@ -28,7 +29,6 @@ from tests.support import (
     GatewayProcess,
     gateway_config,
     start_sim,
-    stop_process,
 )
 
 STATUS = f"dt/{THING}/status"

@@ -24,7 +24,8 @@ from edge_gateway.sources.modbus import ModbusReader
 from edge_gateway.sources.modbus_config import ModbusTcpSource
 from simulators.iot_core import free_port
 from simulators.modbus_plc import REGISTERS, ModbusPlc
-from tests.support import Starter, start_sim, stop_process
+from simulators.process import stop_process
+from tests.support import Starter, start_sim
 
 FROZEN_TICK_MS = 3_600_000  # the simulator's own ticks never come during a test: the test calls step()
 

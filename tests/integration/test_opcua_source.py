@@ -23,7 +23,8 @@ from edge_gateway.sources.opcua import OpcUaReader
 from edge_gateway.sources.opcua_config import OpcUaSource
 from simulators.iot_core import free_port
 from simulators.opcua_plc import NAMESPACE, TAGS, OpcUaPlc, node_id
-from tests.support import start_sim, stop_process
+from simulators.process import stop_process
+from tests.support import start_sim
 
 BAD_NODE_ID_UNKNOWN = 0x80340000
 UNCERTAIN_LAST_USABLE_VALUE = 0x40900000

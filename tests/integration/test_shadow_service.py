@@ -18,8 +18,9 @@ import pytest
 
 from edge_gateway.publish.mqtt import MqttTransport
 from simulators.iot_core import MosquittoBroker, Pki
+from simulators.process import stop_process
 from simulators.shadow import ShadowCaller, ShadowKey, ShadowRequestError, ShadowService
-from tests.support import THING, Consumer, mqtt_settings, stop_process
+from tests.support import THING, Consumer, mqtt_settings
 
 SERVICE = "shadow-service"
 CLI = "shadow-cli"

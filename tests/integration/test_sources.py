@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +17,8 @@ from edge_gateway.sources.opcua_config import OpcUaSource
 from simulators.iot_core import free_port
 from simulators.modbus_plc import ModbusPlc
 from simulators.opcua_plc import OpcUaPlc, node_id
-from tests.support import start_sim, stop_process
+from simulators.process import stop_process
+from tests.support import Starter, start_sim
 
 
 class Collect:
@@ -38,24 +39,6 @@ class Collect:
                 await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def run_task() -> AsyncIterator[Any]:
-    """Runs readers as tasks; one cancel each at the end must stop them within seconds."""
-    tasks: list[asyncio.Task[None]] = []
-
-    def start(coro: Any) -> asyncio.Task[None]:
-        t: asyncio.Task[None] = asyncio.ensure_future(coro)
-        tasks.append(t)
-        return t
-
-    yield start
-    for t in tasks:
-        t.cancel()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-
-
 def opcua_config(port: int, extra_nodes: list[dict[str, str]] | None = None) -> OpcUaSource:
     nodes = [
         {"alias": f"plc.{tag.lower()}", "node_id": node_id(tag)}
@@ -74,12 +57,12 @@ def opcua_config(port: int, extra_nodes: list[dict[str, str]] | None = None) -> 
     )
 
 
-async def test_opcua_counter_arrives_complete_in_order_with_types(run_task: Any) -> None:
+async def test_opcua_counter_arrives_complete_in_order_with_types(start_task: Starter) -> None:
     port = free_port()
     async with OpcUaPlc(port=port, tick_ms=50):
         sink = Collect()
         reader = OpcUaReader(opcua_config(port, [{"alias": "plc.ghost", "node_id": "ns=2;s=Line1.Ghost"}]))
-        run_task(reader.run(sink))
+        start_task(reader.run(sink))
         await sink.wait(lambda: len(sink.values("plc.counter")) >= 30, 15)
         counter = sink.values("plc.counter")
         assert counter == list(range(counter[0], counter[0] + len(counter)))  # +1 each, no gap, in order
@@ -97,13 +80,13 @@ async def test_opcua_counter_arrives_complete_in_order_with_types(run_task: Any)
         assert reader.status.errors_by_kind == {"bad_node": 1}
 
 
-async def test_opcua_reader_reconnects_after_plc_restart(run_task: Any) -> None:
+async def test_opcua_reader_reconnects_after_plc_restart(start_task: Starter) -> None:
     port = free_port()
     proc = start_sim("simulators.opcua_plc", port)
     try:
         sink = Collect()
         reader = OpcUaReader(opcua_config(port))
-        run_task(reader.run(sink))
+        start_task(reader.run(sink))
         await sink.wait(lambda: len(sink.values("plc.counter")) >= 5, 15)
         stop_process(proc)
         await sink.wait(lambda: reader.status.state is SourceState.RECONNECTING, 10)
@@ -142,13 +125,13 @@ def modbus_config(port: int, poll_ms: int = 50, extra: list[dict[str, Any]] | No
     )
 
 
-async def test_modbus_values_decode_to_what_the_plc_holds(run_task: Any) -> None:
+async def test_modbus_values_decode_to_what_the_plc_holds(start_task: Starter) -> None:
     port = free_port()
     async with ModbusPlc(port=port, tick_ms=200) as plc:
         sink = Collect()
         reader = ModbusReader(modbus_config(port, poll_ms=20))
         assert len(reader.requests) == 2  # holding 0..7 and input 0..4, one read each
-        run_task(reader.run(sink))
+        start_task(reader.run(sink))
         await sink.wait(lambda: len(sink.values("m.counter")) >= 3, 10)
         # Compare one whole poll with the PLC's state at that tick (the counter identifies the tick).
         plc.step()  # freeze-frame: read the registers the PLC has now and the value it computed
@@ -171,11 +154,11 @@ async def test_modbus_values_decode_to_what_the_plc_holds(run_task: Any) -> None
         assert latest["m.energy"] == (i[0] << 16) | i[1]
 
 
-async def test_modbus_counter_has_no_gaps_when_polled_faster_than_it_ticks(run_task: Any) -> None:
+async def test_modbus_counter_has_no_gaps_when_polled_faster_than_it_ticks(start_task: Starter) -> None:
     port = free_port()
     async with ModbusPlc(port=port, tick_ms=100):
         sink = Collect()
-        run_task(ModbusReader(modbus_config(port, poll_ms=20)).run(sink))
+        start_task(ModbusReader(modbus_config(port, poll_ms=20)).run(sink))
         await sink.wait(lambda: len(set(sink.values("m.counter"))) >= 15, 10)
         values = sink.values("m.counter")
         assert values == sorted(values)
@@ -183,14 +166,14 @@ async def test_modbus_counter_has_no_gaps_when_polled_faster_than_it_ticks(run_t
         assert distinct == list(range(distinct[0], distinct[-1] + 1))
 
 
-async def test_modbus_illegal_address_is_bad_with_reason_and_others_stay_good(run_task: Any) -> None:
+async def test_modbus_illegal_address_is_bad_with_reason_and_others_stay_good(start_task: Starter) -> None:
     port = free_port()
     async with ModbusPlc(port=port):
         sink = Collect()
         reader = ModbusReader(
             modbus_config(port, extra=[{"alias": "m.missing", "address": 500, "data_type": "uint16"}])
         )
-        run_task(reader.run(sink))
+        start_task(reader.run(sink))
         await sink.wait(lambda: any(r.point == "m.missing" for r in sink.readings) and sink.values("m.counter"), 10)
         missing = next(r for r in sink.readings if r.point == "m.missing")
         assert missing.quality is Quality.BAD
@@ -202,13 +185,13 @@ async def test_modbus_illegal_address_is_bad_with_reason_and_others_stay_good(ru
         assert reader.status.state is SourceState.CONNECTED
 
 
-async def test_modbus_reader_marks_the_gap_and_reconnects_after_plc_restart(run_task: Any) -> None:
+async def test_modbus_reader_marks_the_gap_and_reconnects_after_plc_restart(start_task: Starter) -> None:
     port = free_port()
     proc = start_sim("simulators.modbus_plc", port)
     try:
         sink = Collect()
         reader = ModbusReader(modbus_config(port))
-        run_task(reader.run(sink))
+        start_task(reader.run(sink))
         await sink.wait(lambda: len(sink.values("m.counter")) >= 3, 10)
         stop_process(proc)
         await sink.wait(lambda: reader.status.state is SourceState.RECONNECTING, 10)
