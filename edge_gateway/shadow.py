@@ -200,15 +200,13 @@ class ShadowAgent:
                 version,
                 "; ".join(str(e) for e in exc.errors),
             )
-            await self._report({**self._outcome("rejected", version), "errors": errors})
-            await self._audit(
-                CONFIG_REJECTED,
-                None,
-                version,
-                desired_hash=_digest(key),
-                changed=changed_paths(self._mirror, desired),
-                reasons=errors,
-            )
+            changed = changed_paths(self._mirror, desired)
+            try:  # a report that does not get through is sent again later; the outcome is final now
+                await self._report({**self._outcome("rejected", version), "errors": errors})
+            finally:
+                await self._audit(
+                    CONFIG_REJECTED, None, version, desired_hash=_digest(key), changed=changed, reasons=errors
+                )
             return
         previous, previous_mirror = self.gateway.config, self._mirror
         change = await self.gateway.apply(new)
@@ -236,8 +234,10 @@ class ShadowAgent:
         self._applied = AppliedConfig(kept.version, kept.desired, kept.config_hash, rolled_back=self._rolled_back)
         await asyncio.to_thread(self._applied.save, self.path)
         rolled_back = {**self._outcome("rolled_back", version), "reason": problem}
-        await self._report(rolled_back, mirror=previous_mirror)
-        await self._audit(CONFIG_ROLLED_BACK, new, version, before=previous, reason=problem)
+        try:  # as for a rejection: recorded even when the report must wait for a later sync
+            await self._report(rolled_back, mirror=previous_mirror)
+        finally:
+            await self._audit(CONFIG_ROLLED_BACK, new, version, before=previous, reason=problem)
 
     async def _probation(self, change: ConfigDiff) -> str | None:
         """None once the cloud connection is up and every added or changed source has connected; else why
