@@ -127,7 +127,9 @@ async def test_a_dead_unit_does_not_lower_the_healthy_units_poll_rate(start_task
         assert dead.skipped_polls > window_s / interval_s / 2
         # Backed off, not retried in a hot loop: a probe every second or more, one request each.
         assert dead.requests <= 2 + window_s
-        assert dead.errors_by_kind == {"timeout": dead.requests}
+        # Every probe timed out; the last one may still be waiting for its timeout.
+        assert set(dead.errors_by_kind) <= {"timeout"}
+        assert dead.requests - 1 <= dead.errors_by_kind.get("timeout", 0) <= dead.requests
         (first_bad, *_) = polls_of(sink, "dead")
         assert {r.quality for r in first_bad} == {Quality.BAD}
         assert "no response within 0.08 s" in str(first_bad[0].status)
