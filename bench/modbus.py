@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.model import Quality, Reading
-from edge_gateway.sources.modbus import ModbusReader
-from edge_gateway.sources.modbus_config import ModbusSource
+from edge_gateway.sources.modbus.config import ModbusSource
+from edge_gateway.sources.modbus.reader import ModbusReader
 from simulators.modbus_process import ModbusSimProcess
 
 RESULTS = Path("bench/results")

@@ -28,9 +28,9 @@ from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 
 from edge_gateway.model import Quality, Reading
-from edge_gateway.sources.opcua import OpcUaReader
-from edge_gateway.sources.opcua_config import OpcUaSource
-from edge_gateway.sources.opcua_session import Session
+from edge_gateway.sources.opcua.config import OpcUaSource
+from edge_gateway.sources.opcua.reader import OpcUaReader
+from edge_gateway.sources.opcua.session import Session
 from simulators.iot_core import free_port
 from simulators.opcua_plc import bulk_node_id
 from simulators.opcua_process import OpcUaSimProcess

@@ -44,12 +44,12 @@ from pathlib import Path
 from edge_gateway.buffer.base import Record
 from edge_gateway.buffer.codec import encode_reading
 from edge_gateway.buffer.disk import HEADER, DiskBuffer
-from edge_gateway.config import IotCoreDestination, MqttSettings
+from edge_gateway.config.model import IotCoreDestination, MqttSettings
 from edge_gateway.model import Quality, Reading
-from edge_gateway.publish import iotcore, sitewise
 from edge_gateway.publish.deadletter import DeadLetterFile
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.encode import iotcore, sitewise
 from edge_gateway.publish.publisher import Publisher, iotcore_encoder
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.iot_core import MosquittoBroker, Pki, generate_pki
 
 THING = "bench-gateway"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway import __version__
-from edge_gateway.config import GatewayConfig, load_config
+from edge_gateway.config.model import GatewayConfig, load_config
 from edge_gateway.errors import ConfigError
 
 _log = logging.getLogger("edge_gateway")
@@ -71,7 +71,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _load_greengrass(path: Path | None) -> GatewayConfig | None:
-    from edge_gateway import greengrass  # noqa: PLC0415 - only under Greengrass
+    from edge_gateway.config import greengrass  # noqa: PLC0415 - only under Greengrass
 
     try:
         config, notes = greengrass.load(os.environ, path)
@@ -94,15 +94,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     if config.publisher.mqtt.ipc:
-        from edge_gateway import greengrass  # noqa: PLC0415 - only in IPC mode
+        from edge_gateway.config import greengrass  # noqa: PLC0415 - only in IPC mode
 
         try:
             greengrass.ipc_environment(os.environ)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
-    from edge_gateway.shadow_config import AppliedConfig, boot_config  # noqa: PLC0415 - keep `validate` light
-    from edge_gateway.supervisor import Gateway  # noqa: PLC0415
+    from edge_gateway.control.desired import AppliedConfig, boot_config  # noqa: PLC0415 - keep `validate` light
+    from edge_gateway.runtime.supervisor import Gateway  # noqa: PLC0415
 
     # A gateway that boots with no network runs the last config the shadow gave it, on top of the file.
     saved = AppliedConfig.load(config.shadow_state_path) if config.shadow.enabled else None
@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _show_status(doc: dict[str, Any], *, as_json: bool, heartbeat: bool) -> str:
-    from edge_gateway.status import render  # noqa: PLC0415
+    from edge_gateway.observe.status import render  # noqa: PLC0415
 
     if as_json:
         return json.dumps(doc, indent=2)
@@ -163,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:
-    from edge_gateway.shadow_config import shadow_schema  # noqa: PLC0415
+    from edge_gateway.control.desired import shadow_schema  # noqa: PLC0415
 
     print(json.dumps(shadow_schema(), indent=2))
     return EXIT_OK
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_iq_arguments(iq)
     iq.set_defaults(func=run_iq)
 
-    from edge_gateway.sources import opcua_browse  # noqa: PLC0415
+    from edge_gateway.sources.opcua import browse as opcua_browse  # noqa: PLC0415
 
     browse = sub.add_parser("browse", help="walk an OPC UA server and print its variables as a config snippet")
     opcua_browse.add_arguments(browse)

@@ -32,9 +32,9 @@ from typing import Any
 
 import yaml
 
-from edge_gateway.config import MqttSettings, ShadowSettings
-from edge_gateway.publish.mqtt import MqttTransport
-from edge_gateway.status import render
+from edge_gateway.config.model import MqttSettings, ShadowSettings
+from edge_gateway.observe.status import render
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.iot_core import MosquittoBroker, add_client, free_port, generate_pki
 from simulators.process import stop_process
 

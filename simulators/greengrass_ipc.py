@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.eventstream import (
     CONTENT_TYPE_JSON,
     Header,

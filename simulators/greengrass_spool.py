@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.transport.mqtt import MqttTransport
 
 _log = logging.getLogger(__name__)
 

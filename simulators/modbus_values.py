@@ -1,6 +1,6 @@
 """How the simulator lays a typed value into Modbus registers, written apart from the gateway's codec.
 
-The gateway decodes with ``edge_gateway.sources.modbus_codec``; the simulator encodes with this module
+The gateway decodes with ``edge_gateway.sources.modbus.codec``; the simulator encodes with this module
 (bytes first, then byte swap per register, then register order), so a test that reads back what the
 simulator wrote checks the codec against an independent implementation, not against itself.
 

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
-from edge_gateway.config import MqttSettings
+from edge_gateway.config.model import MqttSettings
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.iot_core import add_client
 from simulators.service import AsyncService
 from simulators.shadow_document import (

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from edge_gateway.sources.base import Sink, Source
 from simulators.iot_core import MosquittoBroker, Pki, add_client, free_port, generate_pki
 from simulators.process import stop_process

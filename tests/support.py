@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from edge_gateway.buffer.base import Buffer
-from edge_gateway.config import DestinationBase, MqttSettings
+from edge_gateway.config.model import DestinationBase, MqttSettings
 from edge_gateway.publish.deadletter import DeadLetterFile
-from edge_gateway.publish.mqtt import MqttTransport
 from edge_gateway.publish.publisher import Publisher, encoder_for
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.iot_core import MosquittoBroker, Pki
 from simulators.process import stop_process
 

@@ -76,7 +76,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-from edge_gateway.clock import clock_synchronised
 from edge_gateway.gxp.audit_format import (
     GENESIS,
     PREFIX,
@@ -90,6 +89,7 @@ from edge_gateway.gxp.audit_format import (
     trail_files,
 )
 from edge_gateway.gxp.audit_verify import BrokenEntry, TornTail, VerifyResult, verify
+from edge_gateway.observe.clock import clock_synchronised
 
 __all__ = [
     "BUFFER_QUARANTINED",

@@ -8,7 +8,7 @@ Contract:
   (``prev`` of seq n+1 == ``hash`` of seq n) and find gaps by ``seq``. A replay after a crash or a retry
   repeats a whole entry, never a changed one: de-duplicate by ``seq`` + ``hash``.
 - Entries go out one at a time, oldest first; the next is sent only after the previous one's PUBACK with a
-  success code (< 0x80). An exception (or a failure code) is retried with backoff (``edge_gateway.backoff``),
+  success code (< 0x80). An exception (or a failure code) is retried with backoff (``edge_gateway.util.backoff``),
   logged once per episode. An error that says it cannot succeed on retry (``retryable`` False, e.g. an
   entry over the broker's packet limit) is logged, counted in ``unpublishable`` and skipped: the entry
   stays in the local trail, which is the record; the cloud sees the gap in ``seq``.
@@ -31,9 +31,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from edge_gateway.backoff import Backoff
-from edge_gateway.files import write_json_durably
 from edge_gateway.gxp.audit import AuditEntry, AuditError, AuditTrail
+from edge_gateway.util.backoff import Backoff
+from edge_gateway.util.files import write_json_durably
 
 _log = logging.getLogger(__name__)
 

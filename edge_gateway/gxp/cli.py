@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from edge_gateway.config import load_config
+from edge_gateway.config.model import load_config
 from edge_gateway.errors import ConfigError
 from edge_gateway.gxp import audit
 

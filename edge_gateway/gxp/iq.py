@@ -61,10 +61,11 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 import edge_gateway
-from edge_gateway import __version__, greengrass
-from edge_gateway.config import GatewayConfig, load_config
+from edge_gateway import __version__
+from edge_gateway.config import greengrass
+from edge_gateway.config.model import GatewayConfig, load_config
+from edge_gateway.control.desired import AppliedConfig, boot_config, config_hash
 from edge_gateway.gxp.audit import clock_state
-from edge_gateway.shadow_config import AppliedConfig, boot_config, config_hash
 
 SPEC_VERSION = 1
 Value = str | int | float | bool | None

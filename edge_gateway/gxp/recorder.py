@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway import __version__
-from edge_gateway.config import GatewayConfig
-from edge_gateway.files import write_json_durably
+from edge_gateway.config.model import GatewayConfig
+from edge_gateway.control.desired import config_hash
 from edge_gateway.gxp.audit import (
     BUFFER_QUARANTINED,
     CERTIFICATE_CHANGED,
@@ -46,7 +46,7 @@ from edge_gateway.gxp.audit import (
 )
 from edge_gateway.gxp.audit_format import AuditEntry, trail_files
 from edge_gateway.gxp.audit_publisher import AuditPublisher
-from edge_gateway.shadow_config import config_hash
+from edge_gateway.util.files import write_json_durably
 
 _log = logging.getLogger(__name__)
 

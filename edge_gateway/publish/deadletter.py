@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_gateway.buffer.base import Record
-from edge_gateway.publish.iotcore import Message
+from edge_gateway.publish.encode.iotcore import Message
 
 _log = logging.getLogger(__name__)
 

@@ -27,16 +27,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from edge_gateway.backoff import Backoff
 from edge_gateway.buffer.base import Buffer, Record
-from edge_gateway.config import DestinationBase, IotCoreDestination, SiteWiseDestination
+from edge_gateway.config.model import DestinationBase, IotCoreDestination, SiteWiseDestination
 from edge_gateway.errors import PublishError
-from edge_gateway.publish import sitewise
 from edge_gateway.publish.deadletter import DeadLetterFile, message_entry, reading_entry
-from edge_gateway.publish.iotcore import Message, encode_batch
+from edge_gateway.publish.encode import sitewise
+from edge_gateway.publish.encode.iotcore import Message, encode_batch
+from edge_gateway.util.backoff import Backoff
 
 if TYPE_CHECKING:
-    from edge_gateway.provenance import Epochs
+    from edge_gateway.gxp.provenance import Epochs
 
 _log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from edge_gateway.status import clock_synchronised
+from edge_gateway.observe.status import clock_synchronised
 from simulators.iot_core import MosquittoBroker, Pki
 from tests.support import COUNTERS, THING, Consumer, GatewayProcess, gateway_config
 

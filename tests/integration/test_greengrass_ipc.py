@@ -21,7 +21,7 @@ from awsiot.greengrasscoreipc import client as ipc_client
 from awsiot.greengrasscoreipc import connect, model
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.eventstream import (
     Header,
     MessageFlag,

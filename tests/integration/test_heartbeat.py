@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_gateway.status import clock_synchronised
+from edge_gateway.observe.status import clock_synchronised
 from simulators.iot_core import MosquittoBroker, Pki, free_port
 from simulators.process import stop_process
 from simulators.shadow import ShadowService

@@ -13,8 +13,8 @@ import pytest
 
 from edge_gateway.model import Quality
 from edge_gateway.sources.base import SourceState
-from edge_gateway.sources.modbus import QUARANTINE_S, ModbusReader
-from edge_gateway.sources.modbus_config import ModbusSource
+from edge_gateway.sources.modbus.config import ModbusSource
+from edge_gateway.sources.modbus.reader import QUARANTINE_S, ModbusReader
 from simulators.modbus_process import ModbusSimProcess
 from tests.integration.test_modbus_source import Collect, until
 from tests.support import Starter

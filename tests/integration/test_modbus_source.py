@@ -20,8 +20,8 @@ from pymodbus.constants import ExcCodes
 
 from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.base import SourceState
-from edge_gateway.sources.modbus import ModbusReader
-from edge_gateway.sources.modbus_config import ModbusTcpSource
+from edge_gateway.sources.modbus.config import ModbusTcpSource
+from edge_gateway.sources.modbus.reader import ModbusReader
 from simulators.iot_core import free_port
 from simulators.modbus_plc import REGISTERS, ModbusPlc
 from simulators.process import stop_process

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from awscrt import io, mqtt5
 
-from edge_gateway.config import MqttSettings
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.config.model import MqttSettings
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.iot_core import MosquittoBroker, Pki, add_client, generate_pki
 from tests.support import THING, mqtt_settings
 from tests.tls_front import IOT_CORE_ALPN, AlpnGate, CrlMosquittoBroker, write_crl
@@ -42,7 +42,7 @@ POLL_S = 0.05
 # s2n, awscrt's TLS on Linux, holds a handshake that failed on the client side for a random "blinding"
 # delay of 10-30 s before the channel (and so the connect attempt) is reported failed.
 BLINDING_MAX_S = 30.0
-_LOGGER = "edge_gateway.publish.mqtt"
+_LOGGER = "edge_gateway.publish.transport.mqtt"
 
 
 @dataclass(frozen=True, slots=True)

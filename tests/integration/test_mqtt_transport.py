@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.config import HttpProxySettings
+from edge_gateway.config.model import HttpProxySettings
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.mqtt import MqttTransport, check_iot_core_limits, topic_matches
+from edge_gateway.publish.transport.mqtt import MqttTransport, check_iot_core_limits, topic_matches
 from simulators.iot_core import MosquittoBroker, Pki, generate_pki
 from tests.http_proxy import HttpConnectProxy
 from tests.support import DENY_GATEWAY_ACL, THING, Consumer, mqtt_settings
@@ -158,8 +158,8 @@ async def test_subscriptions_come_back_after_a_broker_restart_loses_the_session(
 _WILL_CLIENT = """
 import asyncio, sys, time
 from pathlib import Path
-from edge_gateway.config import MqttSettings
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.config.model import MqttSettings
+from edge_gateway.publish.transport.mqtt import MqttTransport
 
 async def main():
     s = MqttSettings.model_validate_json(sys.argv[1])

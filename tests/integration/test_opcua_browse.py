@@ -1,4 +1,4 @@
-"""``edge-gateway browse`` (edge_gateway/sources/opcua_browse.py) against the simulator in a separate
+"""``edge-gateway browse`` (edge_gateway/sources/opcua/browse.py) against the simulator in a separate
 process: the snippet it prints is a valid source config that delivers data when fed back."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_gateway.sources.opcua import OpcUaReader
-from edge_gateway.sources.opcua_config import OpcUaSource
+from edge_gateway.sources.opcua.config import OpcUaSource
+from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.iot_core import free_port
 from simulators.opcua_plc import TAGS
 from simulators.opcua_process import OpcUaSimProcess
@@ -30,7 +30,7 @@ def sim() -> Iterator[OpcUaSimProcess]:
 
 def browse(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge_gateway.sources.opcua_browse", *args],
+        [sys.executable, "-m", "edge_gateway.sources.opcua.browse", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -19,8 +19,8 @@ from asyncua.client.client import Client
 
 from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.base import SourceState
-from edge_gateway.sources.opcua import OpcUaReader
-from edge_gateway.sources.opcua_config import OpcUaSource
+from edge_gateway.sources.opcua.config import OpcUaSource
+from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.iot_core import free_port
 from simulators.opcua_plc import NAMESPACE, TAGS, OpcUaPlc, node_id
 from simulators.process import stop_process
@@ -319,7 +319,7 @@ async def test_unreachable_plc_is_retried_with_backoff_and_cancel_stops_it(
     # The state change is logged once, not once per attempt (by us or by asyncua).
     warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
-    assert warnings[0][0] == "edge_gateway.sources.opcua"
+    assert warnings[0][0] == "edge_gateway.sources.opcua.reader"
     assert warnings[0][1].endswith("reconnecting with backoff")
 
     task.cancel()

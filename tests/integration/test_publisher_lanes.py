@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edge_gateway.buffer.disk import DiskBuffer
-from edge_gateway.config import IotCoreDestination
+from edge_gateway.config.model import IotCoreDestination
 from edge_gateway.model import Quality, Reading
 from simulators.iot_core import MosquittoBroker, Pki
 from tests.support import Consumer, running_publisher

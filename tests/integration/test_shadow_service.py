@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.iot_core import MosquittoBroker, Pki
 from simulators.process import stop_process
 from simulators.shadow import ShadowCaller, ShadowKey, ShadowRequestError, ShadowService

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.buffer.disk import DiskBuffer
-from edge_gateway.config import SiteWiseDestination
+from edge_gateway.config.model import SiteWiseDestination
 from edge_gateway.model import Quality, Reading
 from simulators.iot_core import MosquittoBroker, Pki
 from tests.support import THING, Consumer, running_publisher

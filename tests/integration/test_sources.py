@@ -10,10 +10,10 @@ import pytest
 
 from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.base import SourceState
-from edge_gateway.sources.modbus import ModbusReader
-from edge_gateway.sources.modbus_config import ModbusTcpSource
-from edge_gateway.sources.opcua import OpcUaReader
-from edge_gateway.sources.opcua_config import OpcUaSource
+from edge_gateway.sources.modbus.config import ModbusTcpSource
+from edge_gateway.sources.modbus.reader import ModbusReader
+from edge_gateway.sources.opcua.config import OpcUaSource
+from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.iot_core import free_port
 from simulators.modbus_plc import ModbusPlc
 from simulators.opcua_plc import OpcUaPlc, node_id

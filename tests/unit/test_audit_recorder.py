@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from edge_gateway.config import GatewayConfig, parse_config
+from edge_gateway.config.model import GatewayConfig, parse_config
+from edge_gateway.control.desired import effective_config
 from edge_gateway.errors import ConfigError
 from edge_gateway.gxp.audit import read_entries, verify
 from edge_gateway.gxp.recorder import OPCUA_CLIENT_CERT, AuditRecorder
-from edge_gateway.shadow_config import effective_config
-from edge_gateway.sources.opcua_config import OpcUaSource
+from edge_gateway.sources.opcua.config import OpcUaSource
 
 
 def certificate(path: Path, name: str, *, der: bool = False) -> None:

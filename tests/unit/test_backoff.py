@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from edge_gateway.backoff import Backoff
+from edge_gateway.util.backoff import Backoff
 
 
 def test_delays_grow_exponentially_within_jittered_bounds_and_cap() -> None:

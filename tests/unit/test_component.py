@@ -20,8 +20,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from edge_gateway import greengrass
-from edge_gateway.config import HeartbeatSettings, IotCoreDestination, ShadowSettings, SiteWiseDestination
+from edge_gateway.config import greengrass
+from edge_gateway.config.model import HeartbeatSettings, IotCoreDestination, ShadowSettings, SiteWiseDestination
 from scripts import build_component as build
 
 ROOT = Path(__file__).parents[2]
@@ -187,7 +187,7 @@ def _ipc_calls() -> set[str]:
 
 
 def test_access_control_grants_exactly_what_the_ipc_transport_uses(recipe: dict[str, Any]) -> None:
-    """Only edge_gateway/publish/greengrass_ipc.py talks to the nucleus (publisher.mqtt.mode greengrass_ipc):
+    """Only edge_gateway/publish/transport/greengrass_ipc.py talks to the nucleus (publisher.mqtt.mode greengrass_ipc):
     the recipe grants exactly its operations, on the default data and status topics, the named shadow and
     the shadow's local delta topic, each with the thing name variable; nothing else."""
     users = [p for p in (ROOT / "edge_gateway").rglob("*.py") if "greengrasscoreipc" in p.read_text(encoding="utf-8")]
@@ -377,7 +377,7 @@ def test_project_wheel_matches_the_installed_metadata_and_is_reproducible(tmp_pa
             expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             assert (digest, int(size)) == (f"sha256={expected}", len(data))
     assert "edge_gateway/cli.py" in names
-    assert "edge_gateway/greengrass.py" in names
+    assert "edge_gateway/config/greengrass.py" in names
     assert "simulators/modbus_plc.py" in names
     assert not [n for n in names if "__pycache__" in n or n.startswith(("tests/", "scripts/", "bench/"))]
     lines = meta.splitlines()

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from edge_gateway.cli import main
-from edge_gateway.config import load_config, parse_config
+from edge_gateway.config.model import load_config, parse_config
 from edge_gateway.errors import ConfigError
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from edge_gateway import config
 from edge_gateway.cli import main
-from edge_gateway.shadow_config import LOCAL_ONLY
+from edge_gateway.config import model as config
+from edge_gateway.control.desired import LOCAL_ONLY
 
 DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
 

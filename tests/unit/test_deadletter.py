@@ -4,7 +4,7 @@ from pathlib import Path
 from edge_gateway.buffer.base import Record
 from edge_gateway.model import Quality, Reading
 from edge_gateway.publish.deadletter import DeadLetterFile, message_entry, reading_entry
-from edge_gateway.publish.iotcore import Message
+from edge_gateway.publish.encode.iotcore import Message
 
 
 def _record(seq: int) -> Record:

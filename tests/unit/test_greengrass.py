@@ -1,4 +1,4 @@
-"""edge_gateway.greengrass: the config document plus what the nucleus and the component configuration give."""
+"""edge_gateway.config.greengrass: the config document plus what the nucleus and the component configuration give."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_gateway import greengrass
 from edge_gateway.cli import main
+from edge_gateway.config import greengrass
 from edge_gateway.errors import ConfigError
 
 ENDPOINT = "abcdefghij1234-ats.iot.eu-west-1.amazonaws.com"

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from awsiot.greengrasscoreipc import model
 
-from edge_gateway.config import GatewayConfig, parse_config
+from edge_gateway.config.model import GatewayConfig, parse_config
 from edge_gateway.errors import ConfigError
-from edge_gateway.publish.greengrass_ipc import NOT_AUTHORIZED, _publish_error, shadow_rejection
+from edge_gateway.publish.transport.greengrass_ipc import NOT_AUTHORIZED, _publish_error, shadow_rejection
 
 
 def document(mqtt: dict[str, Any]) -> dict[str, Any]:

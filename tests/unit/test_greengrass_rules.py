@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.config import MqttSettings
-from edge_gateway.publish.mqtt import MqttTransport
+from edge_gateway.config.model import MqttSettings
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from simulators.greengrass_auth import (
     MQTT_PROXY,
     PUBLISH_TO_IOT_CORE,

@@ -3,7 +3,7 @@ import math
 
 from edge_gateway.buffer.base import Record
 from edge_gateway.model import Quality, Reading
-from edge_gateway.publish.iotcore import encode_batch
+from edge_gateway.publish.encode.iotcore import encode_batch
 
 T0 = 1_750_000_000_000_000_000
 

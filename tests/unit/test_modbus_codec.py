@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from edge_gateway.sources.modbus_codec import MAX_REGISTERS, decode, encode, plan_reads
-from edge_gateway.sources.modbus_config import ModbusPoint
+from edge_gateway.sources.modbus.codec import MAX_REGISTERS, decode, encode, plan_reads
+from edge_gateway.sources.modbus.config import ModbusPoint
 
 
 def pt(address: int, data_type: str = "uint16", **kw: object) -> ModbusPoint:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from edge_gateway.sources.modbus_codec import decode, encode, plan_reads
-from edge_gateway.sources.modbus_config import ModbusPoint, ModbusSource, ModbusTcpSource
+from edge_gateway.sources.modbus.codec import decode, encode, plan_reads
+from edge_gateway.sources.modbus.config import ModbusPoint, ModbusSource, ModbusTcpSource
 
 FLAT: dict[str, Any] = {
     "type": "modbus",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_gateway.sources.modbus_schedule import ScheduledPoll, Scheduler
+from edge_gateway.sources.modbus.schedule import ScheduledPoll, Scheduler
 
 
 class Poll(ScheduledPoll):

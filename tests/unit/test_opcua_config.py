@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 
-from edge_gateway.sources.opcua_config import OpcUaAuth, OpcUaSecurity, OpcUaSource, split_browse_path
-from edge_gateway.sources.opcua_nodes import build_items, chunks
-from edge_gateway.sources.opcua_security import (
+from edge_gateway.sources.opcua.config import OpcUaAuth, OpcUaSecurity, OpcUaSource, split_browse_path
+from edge_gateway.sources.opcua.nodes import build_items, chunks
+from edge_gateway.sources.opcua.security import (
     SecuritySetupError,
     check_server_certificate,
     ensure_client_certificate,

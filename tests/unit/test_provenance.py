@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.buffer.base import Record
-from edge_gateway.config import GatewayConfig, parse_config
+from edge_gateway.config.model import GatewayConfig, parse_config
 from edge_gateway.gxp.audit import read_entries, verify
+from edge_gateway.gxp.provenance import POINTS_PER_PART, Epochs, declarations
 from edge_gateway.gxp.recorder import AuditRecorder
 from edge_gateway.model import Quality, Reading
-from edge_gateway.provenance import POINTS_PER_PART, Epochs, declarations
-from edge_gateway.publish.iotcore import encode_batch
+from edge_gateway.publish.encode.iotcore import encode_batch
 
 
 def record(seq: int, source: str = "press") -> Record:

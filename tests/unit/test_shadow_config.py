@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_gateway.config import GatewayConfig, parse_config
+from edge_gateway.config.model import GatewayConfig, parse_config
+from edge_gateway.control.desired import AppliedConfig, boot_config, config_hash, diff, effective_config
 from edge_gateway.errors import ConfigError
-from edge_gateway.shadow_config import AppliedConfig, boot_config, config_hash, diff, effective_config
 from tests.unit.test_config import valid_doc
 
 

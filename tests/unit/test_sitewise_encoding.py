@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from edge_gateway.buffer.base import Record
 from edge_gateway.model import Quality, Reading
-from edge_gateway.publish.iotcore import Message
-from edge_gateway.publish.sitewise import (
+from edge_gateway.publish.encode.iotcore import Message
+from edge_gateway.publish.encode.sitewise import (
     MAX_PAST_NS,
     SiteWiseBatch,
     encode_batch,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edge_gateway.tasks import cancel_and_wait, raise_if_cancelling
+from edge_gateway.util.tasks import cancel_and_wait, raise_if_cancelling
 
 
 async def _poll_forever(requests: list[asyncio.Future[int]], answers: list[int], *, guard: bool) -> None:

@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from edge_gateway.buffer.base import Record
 from edge_gateway.model import Quality, Value
-from edge_gateway.publish.iotcore import Message
+from edge_gateway.publish.encode.iotcore import Message
 
 ValueType = Literal["double", "integer", "boolean", "string"]
 VALUE_TYPES: tuple[ValueType, ...] = ("double", "integer", "boolean", "string")

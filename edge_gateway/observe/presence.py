@@ -32,7 +32,7 @@ from typing import Any
 
 from edge_gateway import __version__
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.transport import Transport
+from edge_gateway.publish.transport.base import Transport
 
 _log = logging.getLogger(__name__)
 FORMAT_VERSION = 1

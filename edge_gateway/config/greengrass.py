@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from edge_gateway.config import GatewayConfig, parse_config, resolve_paths
+from edge_gateway.config.model import GatewayConfig, parse_config, resolve_paths
 from edge_gateway.errors import ConfigError, FieldError
 
 ORIGIN = "Greengrass component configuration"

@@ -34,7 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from edge_gateway.sources.opcua_config import OpcUaAuth, OpcUaSecurity, SecurityPolicy
+from edge_gateway.sources.opcua.config import OpcUaAuth, OpcUaSecurity, SecurityPolicy
 
 _log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from edge_gateway.model import Value
-from edge_gateway.sources.modbus_config import MAX_BITS, MAX_REGISTERS, ModbusPoint
+from edge_gateway.sources.modbus.config import MAX_BITS, MAX_REGISTERS, ModbusPoint
 
 __all__ = ["MAX_BITS", "MAX_REGISTERS", "Decoder", "ReadRequest", "decode", "decoder_for", "encode", "plan_reads"]
 

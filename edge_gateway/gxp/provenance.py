@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.buffer.base import Record
-from edge_gateway.config import GatewayConfig, SourceConfig
-from edge_gateway.files import write_json_durably
+from edge_gateway.config.model import GatewayConfig, SourceConfig
+from edge_gateway.util.files import write_json_durably
 
 _log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from edge_gateway.config_common import ALIAS_PATTERN, NAME_PATTERN, Model, Reconnecting, check_unique
+from edge_gateway.config.common import ALIAS_PATTERN, NAME_PATTERN, Model, Reconnecting, check_unique
 
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 SecurityPolicy = Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]

@@ -33,15 +33,15 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from edge_gateway.backoff import Backoff
-from edge_gateway.config import GatewayConfig
+from edge_gateway.config.model import GatewayConfig
+from edge_gateway.control.desired import AppliedConfig, ConfigDiff, config_hash, effective_config
 from edge_gateway.errors import ConfigError, PublishError
 from edge_gateway.gxp.audit import CONFIG_APPLIED, CONFIG_REJECTED, CONFIG_ROLLED_BACK, changed_paths
-from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, config_hash, effective_config
 from edge_gateway.sources.base import SourceState
+from edge_gateway.util.backoff import Backoff
 
 if TYPE_CHECKING:
-    from edge_gateway.supervisor import Gateway
+    from edge_gateway.runtime.supervisor import Gateway
 
 _log = logging.getLogger(__name__)
 

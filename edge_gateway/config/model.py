@@ -16,10 +16,10 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_gateway.config_common import NAME_PATTERN, Model, Reconnecting, check_unique
+from edge_gateway.config.common import NAME_PATTERN, Model, Reconnecting, check_unique
 from edge_gateway.errors import ConfigError, FieldError
-from edge_gateway.sources.modbus_config import ModbusTcpSource
-from edge_gateway.sources.opcua_config import OpcUaSource
+from edge_gateway.sources.modbus.config import ModbusTcpSource
+from edge_gateway.sources.opcua.config import OpcUaSource
 
 _MISSING_FOR_DIRECT = "missing_for_direct_mqtt"
 

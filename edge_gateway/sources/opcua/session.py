@@ -24,11 +24,11 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from edge_gateway.sources.opcua_nodes import Item, chunks
-from edge_gateway.tasks import raise_if_cancelling
+from edge_gateway.sources.opcua.nodes import Item, chunks
+from edge_gateway.util.tasks import raise_if_cancelling
 
 if TYPE_CHECKING:
-    from edge_gateway.sources.opcua import OpcUaReader
+    from edge_gateway.sources.opcua.reader import OpcUaReader
 
 # What asyncua raises when the server is unreachable, goes away, or answers with an error.
 SESSION_ERRORS = (OSError, TimeoutError, UaError)

@@ -37,7 +37,7 @@ from awscrt import exceptions as crt_exceptions
 from awscrt import http, mqtt5
 from awsiot import mqtt5_client_builder
 
-from edge_gateway.config import MqttSettings
+from edge_gateway.config.model import MqttSettings
 from edge_gateway.errors import PublishError
 
 _log = logging.getLogger(__name__)

@@ -47,13 +47,13 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse
 
-from edge_gateway.backoff import Backoff
 from edge_gateway.model import Quality, Reading, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
-from edge_gateway.sources.modbus_codec import ReadRequest, make_request, plan_reads
-from edge_gateway.sources.modbus_config import ModbusDevice, ModbusPoint, ModbusSource
-from edge_gateway.sources.modbus_schedule import ScheduledPoll, Scheduler
-from edge_gateway.tasks import raise_if_cancelling
+from edge_gateway.sources.modbus.codec import ReadRequest, make_request, plan_reads
+from edge_gateway.sources.modbus.config import ModbusDevice, ModbusPoint, ModbusSource
+from edge_gateway.sources.modbus.schedule import ScheduledPoll, Scheduler
+from edge_gateway.util.backoff import Backoff
+from edge_gateway.util.tasks import raise_if_cancelling
 
 _log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 from pydantic import ValidationError
 
-from edge_gateway.sources.opcua_config import OpcUaAuth, OpcUaSecurity
-from edge_gateway.sources.opcua_security import SecuritySetupError, secure
+from edge_gateway.sources.opcua.config import OpcUaAuth, OpcUaSecurity
+from edge_gateway.sources.opcua.security import SecuritySetupError, secure
 
 _ALIAS_BAD = re.compile(r"[^A-Za-z0-9_.:\-/]+")
 

@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_gateway import __version__
-from edge_gateway.clock import ClockWatch, clock_synchronised
+from edge_gateway.observe.clock import ClockWatch, clock_synchronised
 
 if TYPE_CHECKING:
-    from edge_gateway.supervisor import Gateway
+    from edge_gateway.runtime.supervisor import Gateway
 
 __all__ = ["FORMAT_VERSION", "StatusReporter", "clock_synchronised", "render"]
 

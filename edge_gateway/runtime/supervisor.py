@@ -20,32 +20,32 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from edge_gateway.backoff import Backoff
 from edge_gateway.buffer.base import Buffer
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.buffer.memory import MemoryBuffer
-from edge_gateway.config import DestinationConfig, GatewayConfig, SourceConfig
+from edge_gateway.config.model import DestinationConfig, GatewayConfig, SourceConfig
+from edge_gateway.control.desired import AppliedConfig, ConfigDiff, config_hash, diff
+from edge_gateway.control.shadow import ShadowAgent
 from edge_gateway.errors import StorageError
 from edge_gateway.gxp.audit import AuditError
+from edge_gateway.gxp.provenance import Epochs, declarations
 from edge_gateway.gxp.recorder import AuditRecorder
-from edge_gateway.health import HealthReporter
-from edge_gateway.metrics import MetricsServer
 from edge_gateway.model import Reading
-from edge_gateway.provenance import Epochs, declarations
+from edge_gateway.observe.health import HealthReporter
+from edge_gateway.observe.metrics import MetricsServer
+from edge_gateway.observe.presence import Presence
+from edge_gateway.observe.status import StatusReporter, atomic_write, clock_synchronised
 from edge_gateway.publish.deadletter import DeadLetterFile
-from edge_gateway.publish.mqtt import MqttTransport
-from edge_gateway.publish.presence import Presence
 from edge_gateway.publish.publisher import Publisher, encoder_for
-from edge_gateway.publish.transport import Transport
-from edge_gateway.shadow import ShadowAgent
-from edge_gateway.shadow_config import AppliedConfig, ConfigDiff, config_hash, diff
+from edge_gateway.publish.transport.base import Transport
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from edge_gateway.sources.base import Source, SourceState
-from edge_gateway.sources.modbus import ModbusReader
-from edge_gateway.sources.modbus_config import ModbusTcpSource
-from edge_gateway.sources.opcua import OpcUaReader
-from edge_gateway.sources.opcua_config import OpcUaSource
-from edge_gateway.status import StatusReporter, atomic_write, clock_synchronised
-from edge_gateway.tasks import cancel_and_wait, raise_if_cancelling
+from edge_gateway.sources.modbus.config import ModbusTcpSource
+from edge_gateway.sources.modbus.reader import ModbusReader
+from edge_gateway.sources.opcua.config import OpcUaSource
+from edge_gateway.sources.opcua.reader import OpcUaReader
+from edge_gateway.util.backoff import Backoff
+from edge_gateway.util.tasks import cancel_and_wait, raise_if_cancelling
 
 _log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def make_transport(config: GatewayConfig, will: tuple[str, bytes]) -> Transport:
     mqtt = config.publisher.mqtt
     if not mqtt.ipc:
         return MqttTransport(mqtt, config.client_id, will=will)
-    from edge_gateway import greengrass  # noqa: PLC0415 - only in IPC mode
-    from edge_gateway.publish.greengrass_ipc import GreengrassIpcTransport  # noqa: PLC0415
+    from edge_gateway.config import greengrass  # noqa: PLC0415 - only in IPC mode
+    from edge_gateway.publish.transport.greengrass_ipc import GreengrassIpcTransport  # noqa: PLC0415
 
     socket_path, token = greengrass.ipc_environment(os.environ)
     return GreengrassIpcTransport(mqtt, config.gateway.thing_name, socket_path=socket_path, token=token)

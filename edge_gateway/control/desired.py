@@ -31,9 +31,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_gateway.config import GatewayConfig, field_errors
+from edge_gateway.config.model import GatewayConfig, field_errors
 from edge_gateway.errors import ConfigError, FieldError
-from edge_gateway.files import write_json_durably
+from edge_gateway.util.files import write_json_durably
 
 _log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError
 
-from edge_gateway.sources.opcua_config import OpcUaGroup, OpcUaNode, OpcUaSource, split_browse_path
+from edge_gateway.sources.opcua.config import OpcUaGroup, OpcUaNode, OpcUaSource, split_browse_path
 
 _T = TypeVar("_T")
 _LIMIT_IDS = {

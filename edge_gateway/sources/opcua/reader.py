@@ -49,15 +49,15 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
-from edge_gateway.backoff import Backoff
 from edge_gateway.model import Quality, Reading, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
-from edge_gateway.sources.opcua_config import OpcUaSource
-from edge_gateway.sources.opcua_nodes import Item, build_items, chunks, read_limits, resolve, server_started
-from edge_gateway.sources.opcua_security import SecuritySetupError, secure
-from edge_gateway.sources.opcua_session import SESSION_ERRORS, Session, describe
-from edge_gateway.sources.opcua_values import quality_of, server_overflowed, to_ns, to_value
-from edge_gateway.tasks import cancel_and_wait, raise_if_cancelling
+from edge_gateway.sources.opcua.config import OpcUaSource
+from edge_gateway.sources.opcua.nodes import Item, build_items, chunks, read_limits, resolve, server_started
+from edge_gateway.sources.opcua.security import SecuritySetupError, secure
+from edge_gateway.sources.opcua.session import SESSION_ERRORS, Session, describe
+from edge_gateway.sources.opcua.values import quality_of, server_overflowed, to_ns, to_value
+from edge_gateway.util.backoff import Backoff
+from edge_gateway.util.tasks import cancel_and_wait, raise_if_cancelling
 
 __all__ = ["OpcUaReader", "quality_of", "server_overflowed", "to_ns", "to_value"]
 
@@ -109,7 +109,7 @@ class OpcUaReader:
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
         try:
             while True:
-                raise_if_cancelling()  # asyncua's wait_for can swallow a cancel (edge_gateway/tasks.py)
+                raise_if_cancelling()  # asyncua's wait_for can swallow a cancel (edge_gateway/util/tasks.py)
                 reason = await self._session(sink, backoff)
                 self.status.error("connection", reason)
                 self._set_state(SourceState.RECONNECTING, reason)

@@ -31,7 +31,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from edge_gateway.config import MetricsSettings
+from edge_gateway.config.model import MetricsSettings
 
 _log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from edge_gateway.config import MqttSettings
+from edge_gateway.config.model import MqttSettings
 
 MessageHandler = Callable[[str, bytes], None]
 

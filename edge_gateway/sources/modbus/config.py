@@ -16,7 +16,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_gateway.config_common import ALIAS_PATTERN, NAME_PATTERN, Model, Reconnecting, check_unique
+from edge_gateway.config.common import ALIAS_PATTERN, NAME_PATTERN, Model, Reconnecting, check_unique
 
 # 'int16', 'uint16' stay first: the loader's message lists the choices in this order.
 ModbusDataType = Literal[
