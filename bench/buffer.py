@@ -11,27 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from bench.common import print_table, rss_mb, scratch_dir, write_results
 from edge_gateway.buffer.codec import encode_reading
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.model import Quality, Reading
 
-RESULTS = Path("bench/results")
 BATCH = 1000
 APPENDERS = 4
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def write_bytes() -> int:
@@ -136,10 +127,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to measure appends")
     parser.add_argument("--dir", type=Path, help="where to put the buffer (default: a temporary directory)")
     args = parser.parse_args()
-    if args.dir:
-        args.dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-buffer-", dir=args.dir) as tmp:
-        result = asyncio.run(run(Path(tmp), args.readings, args.seconds))
+    with scratch_dir("buffer", args.dir) as tmp:
+        result = asyncio.run(run(tmp, args.readings, args.seconds))
     rows = [
         (
             "durable appends",
@@ -156,10 +145,8 @@ def main() -> int:
         ),
         ("open + first read, backlog", f"{result['recovery_s_10m']:.3f} s"),
     ]
-    for name, value in rows:
-        print(f"{name:<28} {value}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "buffer.json").write_text(json.dumps(result, indent=1))
+    print_table(rows, width=28)
+    write_results("buffer", result)
     return 0
 
 

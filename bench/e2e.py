@@ -15,35 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from simulators.iot_core import MosquittoBroker, free_port, generate_pki
+from bench.common import cpu_seconds, rss_mb, scratch_dir, write_results
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import generate_pki
+from simulators.ports import free_port
 
 THING = "bench-gateway"
-RESULTS = Path("bench/results")
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _POLL_MS = 50
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _spawn(args: list[str], cpu: int, log: Path) -> subprocess.Popen[bytes]:
@@ -137,10 +124,10 @@ def run_level(work: Path, broker_port: int, load: int, seconds: float) -> dict[s
         procs.append(gateway)
         status_path = logs / "var" / "status.json"
         time.sleep(5)  # connect, subscribe, reach steady state
-        s0, c0, t0 = _status(status_path), _cpu_seconds(gateway.pid), time.monotonic()
+        s0, c0, t0 = _status(status_path), cpu_seconds(gateway.pid), time.monotonic()
         time.sleep(seconds)
-        s1, c1, t1 = _status(status_path), _cpu_seconds(gateway.pid), time.monotonic()
-        rss = _rss_mb(gateway.pid)
+        s1, c1, t1 = _status(status_path), cpu_seconds(gateway.pid), time.monotonic()
+        rss = rss_mb(gateway.pid)
         dt = t1 - t0
 
         def delta(doc1: dict[str, Any], doc0: dict[str, Any], key: str) -> float:
@@ -175,8 +162,7 @@ def main() -> int:
     parser.add_argument("--loads", default="5000,10000,20000,40000", help="offered Modbus points/s, comma-separated")
     args = parser.parse_args()
     loads = [int(x) for x in args.loads.split(",")]
-    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-        work = Path(tmp)
+    with scratch_dir("e2e") as work:
         generate_pki(work / "pki", thing_name=THING)
         broker = MosquittoBroker(generate_pki(work / "pki", thing_name=THING), work / "broker")
         broker.start()
@@ -206,8 +192,7 @@ def main() -> int:
     for r in rows:
         result[f"cpu_percent_at_{int(r['offered_points_per_s'])}_offered"] = r["cpu_percent"]
         result[f"published_points_per_s_at_{int(r['offered_points_per_s'])}_offered"] = r["published_points_per_s"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "e2e.json").write_text(json.dumps(result, indent=1))
+    write_results("e2e", result)
     print(json.dumps(result))
     return 0
 

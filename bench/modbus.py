@@ -28,19 +28,17 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from bench.common import cpu_seconds, print_table, write_results
 from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.modbus.config import ModbusSource
 from edge_gateway.sources.modbus.reader import ModbusReader
 from simulators.modbus_process import ModbusSimProcess
 
-RESULTS = Path("bench/results")
 BAUD = 115200
 BITS_PER_CHAR = 11  # 8N2: start + 8 data + 2 stop (a pseudo-terminal refuses parity; 8E1 is 11 bits too)
 T35_S = 0.00175  # inter-frame silence above 19,200 baud
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Count:
@@ -88,11 +86,6 @@ def config(sim: ModbusSimProcess, devices: list[dict[str, Any]], **extra: Any) -
     return ModbusSource.model_validate(doc | extra)
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
 class Span:
     """Wall time and the CPU time of this process (the reader) and of the simulator over a measurement."""
 
@@ -108,11 +101,11 @@ async def measure(reader: ModbusReader, sink: Count, seconds: float, sim: Modbus
         sink.good = sink.bad = sink.registers = 0
         reader.lateness_s.clear()
         span = Span()
-        started, cpu0, sim0 = time.perf_counter(), time.process_time(), cpu_s(sim.proc.pid)
+        started, cpu0, sim0 = time.perf_counter(), time.process_time(), cpu_seconds(sim.proc.pid)
         await asyncio.sleep(seconds)
         span.seconds = time.perf_counter() - started
         span.reader_cpu = (time.process_time() - cpu0) / span.seconds
-        span.sim_cpu = (cpu_s(sim.proc.pid) - sim0) / span.seconds
+        span.sim_cpu = (cpu_seconds(sim.proc.pid) - sim0) / span.seconds
         return span
     finally:
         task.cancel()
@@ -219,9 +212,7 @@ async def run(seconds: float) -> dict[str, float]:
         ("RTU 115200 8N2: theoretical points/s", line["theoretical_points_per_s"]),
         ("RTU frame efficiency", line["frame_efficiency"]),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:>12,.2f}")
+    print_table(((name, f"{value:>12,.2f}") for name, value in rows), sep="  ")
     best = four if four["points_per_s"] > one["points_per_s"] else one
     return {
         "points_per_s": round(best["points_per_s"]),
@@ -252,8 +243,7 @@ def main() -> int:
     # pymodbus reports the answer to a request cancelled at the end of a measurement: not a finding.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     result = asyncio.run(run(args.seconds))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "modbus.json").write_text(json.dumps(result, indent=1))
+    write_results("modbus", result)
     print(json.dumps(result))
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import resource
 import time
 from collections.abc import Sequence
@@ -27,24 +26,18 @@ from asyncua import ua
 from asyncua.common.utils import Buffer
 from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 
+from bench.common import print_table, rss_mb, write_results
 from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.opcua.config import OpcUaSource
 from edge_gateway.sources.opcua.reader import OpcUaReader
 from edge_gateway.sources.opcua.session import Session
-from simulators.iot_core import free_port
 from simulators.opcua_plc import bulk_node_id
 from simulators.opcua_process import OpcUaSimProcess
+from simulators.ports import free_port
 
-RESULTS = Path(__file__).parent / "results" / "opcua.json"
+RESULTS = Path(__file__).parent / "results"  # beside this file, not bench/results of the working directory
 N = 10_000
 CHANGES_PER_S = 5_000  # what the asyncua simulator sustains next to us on this 2-core machine
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config(endpoint: str, n: int) -> OpcUaSource:
@@ -117,7 +110,7 @@ async def subscribe_10k() -> dict[str, float]:
         wall = time.perf_counter() - wall0
         cpu_percent = 100 * (time.process_time() - cpu0) / wall
         rate = (received - got0) / wall
-        rss = _rss_mb()
+        rss = rss_mb(default=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -136,11 +129,8 @@ async def main() -> None:
     handler_rate = await notifications_per_s(decode=False)
     results: dict[str, float] = {"notifications_per_s": round(rate), "handler_notifications_per_s": round(handler_rate)}
     results |= await subscribe_10k()
-    print(f"{'figure':<30} {'value':>10}")
-    for k, v in results.items():
-        print(f"{k:<30} {v:>10}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print_table([("figure", f"{'value':>10}"), *((k, f"{v:>10}") for k, v in results.items())], width=30)
+    write_results("opcua", results, directory=RESULTS, indent=2, end="\n")
 
 
 if __name__ == "__main__":

@@ -32,15 +32,14 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import cpu_seconds, print_table, scratch_dir, write_results
 from edge_gateway.buffer.base import Record
 from edge_gateway.buffer.codec import encode_reading
 from edge_gateway.buffer.disk import HEADER, DiskBuffer
@@ -48,14 +47,15 @@ from edge_gateway.config.model import IotCoreDestination, MqttSettings
 from edge_gateway.model import Quality, Reading
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.encode import iotcore, sitewise
-from edge_gateway.publish.publisher import Publisher, iotcore_encoder
+from edge_gateway.publish.encode.encoder import iotcore_encoder
+from edge_gateway.publish.publisher import Publisher
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, Pki, generate_pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki, generate_pki
 
 THING = "bench-gateway"
 SOURCE = "line1"
 DEST = "cloud"
-RESULTS = Path("bench/results")
 TARGET_BACKLOG = 18_000_000  # one hour at 5,000 points/s
 FALLBACK_BACKLOG = 2_000_000
 PLANT_ALIASES = 500  # x 100 ms = 5,000 points/s
@@ -64,7 +64,6 @@ SAMPLE_NS = 100_000_000
 FILL_CHUNK = 10_000
 _KINDS = ("temp", "pressure", "flow", "speed", "level")
 _POOL = 1 << 16
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Plant:
@@ -94,13 +93,6 @@ class Plant:
             ts = start + tick * SAMPLE_NS + jitter[k & 4095]
             out.append(Reading(SOURCE, names[alias], values[(tick + alias * 1031) % _POOL], Quality.GOOD, ts))
         return out
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
 
 
 def _mqtt(pki: Pki, broker: MosquittoBroker, *, flow_control: bool) -> MqttSettings:
@@ -235,7 +227,7 @@ async def drain(
             dest = IotCoreDestination(type="iotcore", name=DEST, max_message_bytes=max_message_bytes)
             publisher = _publisher(dest, buffer, transport, path, flow_control=flow_control)
             status = publisher.status
-            b0, c0, start_ns = _cpu_seconds(broker.pid), time.process_time(), time.time_ns()
+            b0, c0, start_ns = cpu_seconds(broker.pid), time.process_time(), time.time_ns()
             async with asyncio.TaskGroup() as tg:
                 running = tg.create_task(publisher.run(), name=f"publish:{DEST}")
                 maintaining = tg.create_task(_maintain(buffer), name="buffer:maintain")
@@ -259,7 +251,7 @@ async def drain(
                     raise RuntimeError(msg) from None
                 finally:
                     cpu_s = time.process_time() - c0
-                    broker_cpu_s = _cpu_seconds(broker.pid) - b0
+                    broker_cpu_s = cpu_seconds(broker.pid) - b0
                     running.cancel()
                     maintaining.cancel()
             assert status.last_ack_ns is not None
@@ -532,17 +524,12 @@ def main() -> int:
         args.latency_seconds = 10.0 if quick else 30.0
     if args.warmup_seconds is None:
         args.warmup_seconds = 3.0 if quick else 5.0
-    if args.dir:
-        args.dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-publish-", dir=args.dir) as tmp:
-        result, rows = asyncio.run(run(Path(tmp), args))
+    with scratch_dir("publish", args.dir) as tmp:
+        result, rows = asyncio.run(run(tmp, args))
     result["wall_s"] = round(time.monotonic() - t0, 1)
-    for name, value in rows:
-        print(f"{name:<32} {value}")
-    print(f"{'wall time':<32} {result['wall_s']:,.0f} s")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "publish.json").write_text(json.dumps(result, indent=1))
+    print_table([*rows, ("wall time", f"{result['wall_s']:,.0f} s")], width=32)
+    write_results("publish", result)
     print(json.dumps(result))
     return 0
 

@@ -1,15 +1,26 @@
-"""One error hierarchy for the gateway.
+"""One error hierarchy for the gateway. Classes that subclass one of these live beside the code that raises
+them (named here with their module), so each knows whether it is retryable::
 
     GatewayError
-    ├── ConfigError            permanent: the operator must fix the config (carries every field error)
-    ├── SourceError            retryable: a PLC did not answer or answered garbage
-    ├── PublishError           retryable unless ``retryable=False`` (e.g. a payload over the broker limit)
-    └── StorageError           storage problems
-        ├── BufferFullError    retryable: policy ``reject_new`` and no room
-        ├── BufferIOError      retryable: ENOSPC / EIO while writing; the gateway keeps running
-        └── BufferCorruptError permanent for that segment: it is moved to quarantine/
+    ├── ConfigError              permanent: the operator must fix the config (carries every field error)
+    │                            SpecError (gxp/iq.py): the IQ spec document is malformed
+    ├── SourceError              retryable: a PLC did not answer or answered garbage
+    │   ├── ConnectionLostError  (sources/modbus/client.py) the connection dropped mid-request: reconnect
+    │   ├── RequestError         (sources/modbus/client.py) one request failed: a BAD reading, go on
+    │   └── SecuritySetupError   (sources/opcua/security.py) permanent: certificate/key setup failed
+    ├── PublishError             retryable unless ``retryable=False`` (e.g. a payload over the broker limit);
+    │                            awscrt's errors become one in publish/transport/mqtt_errors.py only
+    ├── _RetryError              (control/shadow.py) retryable: the shadow service was busy or did not answer
+    ├── _RejectedError           (control/shadow.py) permanent: the shadow service refused the request
+    └── StorageError             storage problems
+        ├── BufferFullError      retryable: policy ``reject_new`` and no room
+        ├── BufferIOError        retryable: ENOSPC / EIO while writing; the gateway keeps running
+        ├── BufferCorruptError   permanent for that record or segment: it is quarantined and counted
+        │                        CodecError (buffer/codec.py): a payload this codec cannot decode
+        └── AuditError           (gxp/audit_format.py) permanent: the audit trail cannot be opened/written
 
-Library exceptions are translated at the module that owns the library (``raise X(...) from exc``).
+Library exceptions are translated at the one module that owns the library (``raise X(...) from exc``):
+awscrt in publish/transport/mqtt_errors.py, pymodbus in sources/modbus/client.py.
 Messages say what failed, where, and what to do.
 """
 

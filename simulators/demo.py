@@ -35,7 +35,9 @@ import yaml
 from edge_gateway.config.model import MqttSettings, ShadowSettings
 from edge_gateway.observe.status import render
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, add_client, free_port, generate_pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import add_client, generate_pki
+from simulators.ports import free_port
 from simulators.process import stop_process
 
 THING = "demo-gateway"

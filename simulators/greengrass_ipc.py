@@ -1,7 +1,7 @@
 """Local stand-in for the Greengrass nucleus IPC service, for the real awsiotsdk ``GreengrassCoreIPCClientV2``.
 
 ``GreengrassIpcServer`` listens on a Unix socket (path <= 107 characters) and speaks eventstream RPC
-(``simulators.eventstream``). Point a client at it with ``server.environ()`` (the nucleus' variables:
+(``simulators.eventstream_rpc``). Point a client at it with ``server.environ()`` (the nucleus' variables:
 ``AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT``, ``SVCUID``, ``AWS_IOT_THING_NAME``) or with
 ``awsiot.greengrasscoreipc.connect(ipc_socket=..., authtoken=...)``. Each ``IpcComponent`` has a token
 (its SVCUID) and an ``accessControl`` policy (``simulators.greengrass_auth``); an unknown token gets a
@@ -15,7 +15,7 @@ Operations, answered as the nucleus 2.x and ShadowManager answer them (read in t
   <reason>"). The answer ``{}`` means **queued**, not delivered: ``published`` lists what was delivered.
 - ``GetThingShadow`` / ``UpdateThingShadow`` (destination ``aws.greengrass.ShadowManager``, resource the
   topic prefix ``$aws/things/<thing>/shadow[/name/<shadow>]``): names checked as ShadowManager does, then
-  ``ShadowStore`` (``simulators.shadow_document``, the MQTT stand-in's semantics); payloads are JSON bytes.
+  ``ShadowStore`` (``simulators.shadow.document``, the MQTT stand-in's semantics); payloads are JSON bytes.
   404 is ResourceNotFoundError("No shadow found", resourceType "shadow"), 409 ConflictError, other 4xx
   InvalidArgumentsError. Like ShadowManager, each request is also published on local pub/sub, after the IPC
   response: ``<prefix>/get|update/accepted|rejected``, and after an update ``/update/delta`` whenever the
@@ -49,14 +49,8 @@ from pathlib import Path
 from typing import Final
 
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.eventstream import (
-    CONTENT_TYPE_JSON,
-    Header,
-    Message,
-    MessageType,
-    RpcServerConnection,
-    RpcStream,
-)
+from simulators.eventstream import Header, Message
+from simulators.eventstream_rpc import CONTENT_TYPE_JSON, MessageType, RpcServerConnection, RpcStream
 from simulators.greengrass_auth import (
     GET_THING_SHADOW,
     MODEL_OPERATIONS,
@@ -73,7 +67,7 @@ from simulators.greengrass_auth import (
 )
 from simulators.greengrass_spool import DEFAULT_SPOOL_BYTES, CloudSpool, IoTCoreMessage, SpoolError
 from simulators.service import AsyncService
-from simulators.shadow_document import JsonObject, ShadowKey, ShadowRequestError, ShadowStore, delta_metadata
+from simulators.shadow.document import JsonObject, ShadowKey, ShadowRequestError, ShadowStore, delta_metadata
 
 __all__ = ["AccessControl", "GreengrassIpcServer", "IoTCoreMessage", "IpcComponent", "IpcError"]
 

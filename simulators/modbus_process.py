@@ -16,7 +16,7 @@ import sys
 from types import TracebackType
 from typing import Any, Self
 
-from simulators.iot_core import free_port
+from simulators.ports import free_port
 from simulators.process import stop_process
 
 

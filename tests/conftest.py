@@ -11,7 +11,9 @@ import pytest
 
 from edge_gateway.publish.transport.mqtt import MqttTransport
 from edge_gateway.sources.base import Sink, Source
-from simulators.iot_core import MosquittoBroker, Pki, add_client, free_port, generate_pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki, add_client, generate_pki
+from simulators.ports import free_port
 from simulators.process import stop_process
 from simulators.shadow import ShadowService
 from tests.support import (

@@ -19,9 +19,11 @@ import yaml
 from edge_gateway.buffer.base import Buffer
 from edge_gateway.config.model import DestinationBase, MqttSettings
 from edge_gateway.publish.deadletter import DeadLetterFile
-from edge_gateway.publish.publisher import Publisher, encoder_for
+from edge_gateway.publish.encode.encoder import encoder_for
+from edge_gateway.publish.publisher import Publisher
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from simulators.process import stop_process
 
 THING = "test-gateway"

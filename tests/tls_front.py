@@ -30,7 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 
 IOT_CORE_ALPN = "x-amzn-mqtt-ca"
 _TLS_HANDSHAKE = 0x16

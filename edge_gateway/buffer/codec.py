@@ -40,6 +40,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from edge_gateway.errors import BufferCorruptError
 from edge_gateway.model import Quality, Reading
 
 _QUALITY_CODES = {Quality.GOOD: 0, Quality.UNCERTAIN: 1, Quality.BAD: 2}
@@ -89,7 +90,7 @@ def _fast_entry(tag: int) -> _Fast | None:
 _FAST: tuple[_Fast | None, ...] = tuple(_fast_entry(t) for t in range(256))
 
 
-class CodecError(ValueError):
+class CodecError(BufferCorruptError, ValueError):
     """A payload that is not one this codec writes (damage the CRC did not catch, or a newer format)."""
 
 

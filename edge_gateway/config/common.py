@@ -1,17 +1,34 @@
-"""Pieces every configuration model shares: the strict frozen base, name patterns, reconnect bounds.
+"""Pieces every configuration model shares: the strict frozen base, name patterns, reconnect bounds, paths.
 
-Kept apart from ``config.py`` so each source's settings can live beside its reader
-(``sources/opcua_config.py``, ``sources/modbus_config.py``) without importing the whole document.
+Kept apart from ``config/model.py`` so each source's settings can live beside its reader
+(``sources/opcua/config.py``, ``sources/modbus/config.py``) without importing the whole document.
+
+``LocalPath``: a path in a config file is relative to that file's folder, not to the working directory.
+The loader passes the folder as the validation context (``{BASE_DIR: folder}``); validated without one (a
+shadow document, a test), a path stays as written. A field whose default is a relative path sets
+``validate_default=True`` so the default is resolved the same way.
 """
 
 from __future__ import annotations
 
-from typing import Self
+from pathlib import Path
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 ALIAS_PATTERN = r"^[A-Za-z0-9_.:\-/]{1,128}$"
 NAME_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+
+
+BASE_DIR = "base_dir"
+
+
+def _relative_to_base(path: Path, info: ValidationInfo) -> Path:
+    base = info.context.get(BASE_DIR) if isinstance(info.context, dict) else None
+    return path if base is None or path.is_absolute() else Path(base) / path
+
+
+LocalPath = Annotated[Path, AfterValidator(_relative_to_base)]
 
 
 class Model(BaseModel):

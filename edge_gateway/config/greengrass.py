@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from edge_gateway.config.model import GatewayConfig, parse_config, resolve_paths
+from edge_gateway.config.model import GatewayConfig, parse_config
 from edge_gateway.errors import ConfigError, FieldError
 
 ORIGIN = "Greengrass component configuration"
@@ -298,8 +298,10 @@ def load(env: Mapping[str, str], config_file: Path | None = None) -> tuple[Gatew
     base = read_document(path) if path else {}
     origin = " + ".join(([str(path)] if path else []) + (["gatewayConfig"] if inline else []))
     doc, notes = apply_environment(overlay(base, inline), env)
+    work = setting(env, WORK_DIR)
+    relative_to = path.parent if path else Path(work) if work else Path()
     try:
-        config = parse_config(doc, f"{origin} (Greengrass)")
+        config = parse_config(doc, f"{origin} (Greengrass)", base_dir=relative_to)
     except ConfigError as exc:
         hints = _hints(env)
         errors = [
@@ -307,6 +309,4 @@ def load(env: Mapping[str, str], config_file: Path | None = None) -> tuple[Gatew
             for e in exc.errors
         ]
         raise ConfigError(exc.origin, errors) from exc
-    work = setting(env, WORK_DIR)
-    relative_to = path.parent if path else Path(work) if work else Path()
-    return resolve_paths(config, relative_to), notes
+    return config, notes

@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_gateway.config.common import NAME_PATTERN, Model, Reconnecting, check_unique
+from edge_gateway.config.common import BASE_DIR, NAME_PATTERN, LocalPath, Model, Reconnecting, check_unique
 from edge_gateway.errors import ConfigError, FieldError
 from edge_gateway.sources.modbus.config import ModbusTcpSource
 from edge_gateway.sources.opcua.config import OpcUaSource
@@ -26,13 +26,15 @@ _MISSING_FOR_DIRECT = "missing_for_direct_mqtt"
 
 class GatewaySettings(Model):
     thing_name: str = Field(pattern=r"^[a-zA-Z0-9:_\-]{1,128}$", description="AWS IoT thing name")
-    data_dir: Path = Field(default=Path("var"), description="where the buffer and state live")
+    data_dir: LocalPath = Field(
+        default=Path("var"), validate_default=True, description="where the buffer and state live"
+    )
 
 
 class BufferSettings(Model):
     type: Literal["disk", "memory"] = "disk"
     # Default: <data_dir>/buffer
-    path: Path | None = None
+    path: LocalPath | None = None
     max_bytes: int = Field(default=1 << 30, ge=1 << 20)
     max_age_s: float = Field(default=7 * 86400, gt=0)
     when_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
@@ -59,7 +61,7 @@ class HttpProxySettings(Model):
     port: int = Field(ge=1, le=65535)
     username: str | None = None
     # A file holding the password (kept out of the config and the shadow; never logged).
-    password_file: Path | None = None
+    password_file: LocalPath | None = None
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> Self:
@@ -79,9 +81,9 @@ class MqttSettings(Reconnecting):
     port: int = Field(default=443, ge=1, le=65535)
     # Default: "<thing_name>-gateway" (the Greengrass nucleus already uses the thing name).
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
-    ca_file: Path | None = None
-    cert_file: Path | None = None  # required with mode "direct"
-    key_file: Path | None = None  # required with mode "direct"
+    ca_file: LocalPath | None = None
+    cert_file: LocalPath | None = None  # required with mode "direct"
+    key_file: LocalPath | None = None  # required with mode "direct"
     keep_alive_s: int = Field(default=30, ge=5, le=1200)
     ping_timeout_ms: int = Field(default=3000, ge=100, le=60_000)
     ack_timeout_s: int = Field(default=10, ge=1, le=600)
@@ -169,7 +171,7 @@ DestinationConfig = Annotated[IotCoreDestination | SiteWiseDestination, Field(di
 class DeadLetterSettings(Model):
     # What the cloud can never take (a permanent refusal, a value SiteWise cannot accept): JSON lines.
     # Default path: <data_dir>/dead-letter.jsonl. Disk use is at most (max_files + 1) * max_file_bytes.
-    path: Path | None = None
+    path: LocalPath | None = None
     max_file_bytes: int = Field(default=16 << 20, ge=4096)
     max_files: int = Field(default=4, ge=0, le=100)
 
@@ -188,7 +190,7 @@ class PublisherSettings(Model):
 
 class StatusSettings(Model):
     # A small JSON file the running gateway rewrites so `edge-gateway status` and the demo can show it.
-    file: Path | None = None
+    file: LocalPath | None = None
     interval_s: float = Field(default=2.0, gt=0, le=3600)
 
 
@@ -224,7 +226,7 @@ class AuditSettings(Model):
     also published to ``topic``. Local only: a shadow can neither change nor switch it off."""
 
     enabled: bool = True
-    dir: Path | None = None  # default <data_dir>/audit
+    dir: LocalPath | None = None  # default <data_dir>/audit
     # Placeholder: {thing}. Also carries the data provenance declarations (docs/message-format.md).
     topic: str = Field(default="dt/{thing}/audit", min_length=1)
     max_file_bytes: int = Field(default=16 << 20, ge=4096)
@@ -342,9 +344,10 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     return errors
 
 
-def parse_config(data: Any, origin: str = "<document>") -> GatewayConfig:  # noqa: ANN401 - raw document
+def parse_config(data: Any, origin: str = "<document>", *, base_dir: Path | None = None) -> GatewayConfig:  # noqa: ANN401 - raw document
+    """Validate a whole document; relative paths are taken from ``base_dir`` when given (config/common.py)."""
     try:
-        return GatewayConfig.model_validate(data)
+        return GatewayConfig.model_validate(data, context={BASE_DIR: base_dir} if base_dir is not None else None)
     except ValidationError as exc:
         raise ConfigError(origin, field_errors(exc)) from exc
 
@@ -359,55 +362,5 @@ def load_config(path: Path) -> GatewayConfig:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(origin, [FieldError("(file)", f"not valid {path.suffix[1:] or 'YAML'}: {exc}")]) from exc
-    config = parse_config(data, origin)
     # Relative paths in the file are relative to the file, not to the working directory.
-    return resolve_paths(config, path.parent)
-
-
-def resolve_paths(config: GatewayConfig, base: Path) -> GatewayConfig:
-    def fix(p: Path) -> Path:
-        return p if p.is_absolute() else (base / p)
-
-    def fix_opcua(source: OpcUaSource) -> OpcUaSource:
-        sec = source.security
-        update: dict[str, object] = {
-            "security": sec.model_copy(
-                update={"cert_dir": fix(sec.cert_dir), "trust_dir": fix(sec.trust_dir) if sec.trust_dir else None}
-            )
-        }
-        if source.auth is not None and source.auth.password_file is not None:
-            update["auth"] = source.auth.model_copy(update={"password_file": fix(source.auth.password_file)})
-        return source.model_copy(update=update)
-
-    mqtt = config.publisher.mqtt
-    dead_letter = config.publisher.dead_letter
-    return config.model_copy(
-        update={
-            "gateway": config.gateway.model_copy(update={"data_dir": fix(config.gateway.data_dir)}),
-            "buffer": config.buffer.model_copy(
-                update={"path": fix(config.buffer.path) if config.buffer.path else None}
-            ),
-            "status": config.status.model_copy(
-                update={"file": fix(config.status.file) if config.status.file else None}
-            ),
-            "audit": config.audit.model_copy(update={"dir": fix(config.audit.dir) if config.audit.dir else None}),
-            "sources": [fix_opcua(s) if isinstance(s, OpcUaSource) else s for s in config.sources],
-            "publisher": config.publisher.model_copy(
-                update={
-                    "dead_letter": dead_letter.model_copy(
-                        update={"path": fix(dead_letter.path) if dead_letter.path else None}
-                    ),
-                    "mqtt": mqtt.model_copy(
-                        update={
-                            "proxy": mqtt.proxy.model_copy(update={"password_file": fix(mqtt.proxy.password_file)})
-                            if mqtt.proxy and mqtt.proxy.password_file
-                            else mqtt.proxy,
-                            "ca_file": fix(mqtt.ca_file) if mqtt.ca_file else None,
-                            "cert_file": fix(mqtt.cert_file) if mqtt.cert_file else None,
-                            "key_file": fix(mqtt.key_file) if mqtt.key_file else None,
-                        }
-                    ),
-                }
-            ),
-        }
-    )
+    return parse_config(data, origin, base_dir=path.parent)

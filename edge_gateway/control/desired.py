@@ -12,8 +12,8 @@ with that reason.
 
 ``effective_config(local, desired)`` validates the *whole* result before anything is touched and raises
 ``ConfigError`` with every problem as ``FieldError(path, message)``; paths are those of the shadow
-document (``sources.1.modbus.poll_interval_ms``). ``diff`` says which sources and destinations changed, so
-only those restart. ``AppliedConfig`` is the last good shadow config, written atomically (temp file,
+document (``sources.1.modbus.poll_interval_ms``); config/diff.py says what changed, so only that restarts.
+``AppliedConfig`` is the last good shadow config, written atomically (temp file,
 fsync, rename, fsync dir) so a gateway that boots without network runs what it ran before.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -151,73 +150,6 @@ def _overlay(base: dict[str, Any], patch: Mapping[str, Any], path: tuple[str, ..
         else:
             out[key] = value
     return out
-
-
-def config_hash(config: GatewayConfig) -> str:
-    """sha256 of the effective config in canonical JSON: the same settings always give the same hash."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigDiff:
-    """What changed between two effective configs, by source and destination name."""
-
-    sources_added: tuple[str, ...] = ()
-    sources_removed: tuple[str, ...] = ()
-    sources_changed: tuple[str, ...] = ()
-    destinations_added: tuple[str, ...] = ()
-    destinations_removed: tuple[str, ...] = ()
-    destinations_changed: tuple[str, ...] = ()
-    status_changed: bool = False
-    mqtt_changed: bool = False
-
-    @property
-    def empty(self) -> bool:
-        return not any(getattr(self, f) for f in self.__slots__)
-
-    def describe(self) -> str:
-        parts = [
-            f"{what} {', '.join(names)}"
-            for what, names in (
-                ("sources added:", self.sources_added),
-                ("sources removed:", self.sources_removed),
-                ("sources changed:", self.sources_changed),
-                ("destinations added:", self.destinations_added),
-                ("destinations removed:", self.destinations_removed),
-                ("destinations changed:", self.destinations_changed),
-            )
-            if names
-        ]
-        if self.status_changed:
-            parts.append("status intervals changed")
-        if self.mqtt_changed:
-            parts.append("mqtt connection changed")
-        return "; ".join(parts) or "no change"
-
-
-def diff(old: GatewayConfig, new: GatewayConfig) -> ConfigDiff:
-    def by_name(items: Any) -> dict[str, Any]:  # noqa: ANN401 - sources or destinations
-        return {i.name: i for i in items}
-
-    def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-        added = tuple(n for n in b if n not in a)
-        removed = tuple(n for n in a if n not in b)
-        changed = tuple(n for n in b if n in a and a[n] != b[n])
-        return added, removed, changed
-
-    sa, sr, sc = compare(by_name(old.sources), by_name(new.sources))
-    da, dr, dc = compare(by_name(old.publisher.destinations), by_name(new.publisher.destinations))
-    return ConfigDiff(
-        sa,
-        sr,
-        sc,
-        da,
-        dr,
-        dc,
-        status_changed=old.status != new.status or old.heartbeat != new.heartbeat,
-        mqtt_changed=old.publisher.mqtt != new.publisher.mqtt,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,23 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
+from edge_gateway.config.diff import ConfigDiff, config_hash
 from edge_gateway.config.model import GatewayConfig
-from edge_gateway.control.desired import AppliedConfig, ConfigDiff, config_hash, effective_config
-from edge_gateway.errors import ConfigError, PublishError
+from edge_gateway.control.desired import AppliedConfig, effective_config
+from edge_gateway.errors import ConfigError, GatewayError, PublishError
 from edge_gateway.gxp.audit import CONFIG_APPLIED, CONFIG_REJECTED, CONFIG_ROLLED_BACK, changed_paths
-from edge_gateway.sources.base import SourceState
+from edge_gateway.gxp.recorder import AuditRecorder
+from edge_gateway.publish.transport.base import Transport
+from edge_gateway.sources.base import Source, SourceState
 from edge_gateway.util.backoff import Backoff
-
-if TYPE_CHECKING:
-    from edge_gateway.runtime.supervisor import Gateway
+from edge_gateway.util.jsondoc import canonical, loads, removed_as_null, sha256
 
 _log = logging.getLogger(__name__)
 
@@ -50,27 +51,28 @@ _NOT_FOUND = 404
 _PROBE_S = 0.25
 
 
-def removed_as_null(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` plus ``None`` for every key of ``old`` it no longer has, at any depth of nested objects."""
-    out = dict(new)
-    for key, value in old.items():
-        if key not in new:
-            out[key] = None
-        elif isinstance(value, dict) and isinstance(new[key], dict):
-            out[key] = removed_as_null(value, new[key])
-    return out
+class Reconfigurable(Protocol):
+    """What the shadow agent needs of the running gateway (runtime/supervisor.py): the configs it builds
+    on, the connection its requests go through, the sources it watches during a confirm window, the audit
+    trail, and ``apply`` (switch to a validated config by diff)."""
 
-
-def _canonical(doc: Any) -> str:  # noqa: ANN401 - any JSON
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-
-def _digest(canonical: str) -> str:
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def local(self) -> GatewayConfig: ...
+    @property
+    def applied(self) -> AppliedConfig | None: ...
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def sources(self) -> Sequence[Source]: ...
+    @property
+    def audit(self) -> AuditRecorder | None: ...
+    async def apply(self, new: GatewayConfig) -> ConfigDiff: ...
 
 
 class ShadowAgent:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Reconfigurable) -> None:
         self.gateway = gateway
         cfg = gateway.config
         self.settings = cfg.shadow
@@ -78,7 +80,7 @@ class ShadowAgent:
         self.prefix = f"$aws/things/{cfg.gateway.thing_name}/shadow/name/{cfg.shadow.name}"
         self._applied = gateway.applied  # the last good shadow config (None: the local file alone)
         self._mirror: dict[str, Any] = dict(self._applied.desired) if self._applied else {}
-        self._handled: str | None = _canonical(self._mirror) if self._applied else None
+        self._handled: bytes | None = canonical(self._mirror) if self._applied else None
         self._rolled_back = self._applied.rolled_back if self._applied else None
         self._unsent: tuple[dict[str, Any], dict[str, Any] | None] | None = None
         self._sent_status: dict[str, Any] = {}  # config_status as the shadow holds it
@@ -134,7 +136,7 @@ class ShadowAgent:
 
     def _on_answer(self, topic: str, payload: bytes) -> None:
         try:
-            doc = json.loads(payload)
+            doc = loads(payload)
         except ValueError:
             _log.warning("shadow %s: unreadable answer on %s", self.settings.name, topic)
             return
@@ -178,8 +180,8 @@ class ShadowAgent:
         state = doc.get("state") if isinstance(doc.get("state"), dict) else {}
         desired = state.get("desired", {}) if state else {}
         version = doc.get("version") if isinstance(doc.get("version"), int) else None
-        key = _canonical(desired)
-        if key == self._handled or _digest(key) == self._rolled_back:
+        key = canonical(desired)
+        if key == self._handled or sha256(desired) == self._rolled_back:
             if self.last_status is None:  # first contact since start: say what runs
                 await self._report(self._outcome("applied", self._applied.version if self._applied else None))
             return
@@ -188,7 +190,7 @@ class ShadowAgent:
             msg = f"report of {self._unsent[0]['status']} not delivered yet"
             raise _RetryError(msg)
 
-    async def _handle(self, desired: Any, version: int | None, key: str) -> None:  # noqa: ANN401 - raw JSON
+    async def _handle(self, desired: Any, version: int | None, key: bytes) -> None:  # noqa: ANN401 - raw JSON
         try:
             new = effective_config(self.gateway.local, desired)
         except ConfigError as exc:
@@ -205,7 +207,7 @@ class ShadowAgent:
                 await self._report({**self._outcome("rejected", version), "errors": errors})
             finally:
                 await self._audit(
-                    CONFIG_REJECTED, None, version, desired_hash=_digest(key), changed=changed, reasons=errors
+                    CONFIG_REJECTED, None, version, desired_hash=sha256(desired), changed=changed, reasons=errors
                 )
             return
         previous, previous_mirror = self.gateway.config, self._mirror
@@ -229,7 +231,7 @@ class ShadowAgent:
             return
         _log.error("shadow %s: rolling back desired version %s: %s", self.settings.name, version, problem)
         await self.gateway.apply(previous)
-        self._rolled_back = _digest(key)
+        self._rolled_back = sha256(desired)
         kept = self._applied or AppliedConfig(0, {}, config_hash(previous))
         self._applied = AppliedConfig(kept.version, kept.desired, kept.config_hash, rolled_back=self._rolled_back)
         await asyncio.to_thread(self._applied.save, self.path)
@@ -326,11 +328,17 @@ class ShadowAgent:
         self._unsent = None
 
 
-class _RetryError(Exception):
-    pass
+class _RetryError(GatewayError):
+    """The request did not get through or the service was busy (429, 500, 503): ask again later."""
+
+    retryable = True
 
 
-class _RejectedError(Exception):
+class _RejectedError(GatewayError):
+    """The shadow service refused the request for good (e.g. 400, 413): asking again will not help."""
+
+    retryable = False
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{code} {message}")
         self.code = code

@@ -52,7 +52,7 @@ the gateway uses; ``changed_paths`` builds ``changed``)
 - ``audit.torn_tail_removed`` (written by the trail itself): ``file``, ``offset``, ``bytes``, ``sha256``,
   ``text``.
 
-Module split: the stored form (``AuditEntry``, ``canonical``, ``entry_hash``, file names) is in
+Module split: the stored form (``AuditEntry``, ``entry_hash``, file names) is in
 ``audit_format``, the checker (``verify``, ``VerifyResult``) in ``audit_verify``; both are re-exported here.
 
 Event names match ``^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)+$``. ``append`` blocks (write + fsync): from
@@ -82,14 +82,14 @@ from edge_gateway.gxp.audit_format import (
     SUFFIX,
     AuditEntry,
     AuditError,
-    canonical,
     claimed_seq,
     entry_hash,
     file_name,
     trail_files,
 )
 from edge_gateway.gxp.audit_verify import BrokenEntry, TornTail, VerifyResult, verify
-from edge_gateway.observe.clock import clock_synchronised
+from edge_gateway.util.clock import clock_synchronised
+from edge_gateway.util.jsondoc import canonical
 
 __all__ = [
     "BUFFER_QUARANTINED",
@@ -110,7 +110,6 @@ __all__ = [
     "BrokenEntry",
     "TornTail",
     "VerifyResult",
-    "canonical",
     "changed_paths",
     "clock_state",
     "entry_hash",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.errors import StorageError
+from edge_gateway.util.jsondoc import canonical
 
 GENESIS = "0" * 64
 PREFIX = "audit-"
@@ -27,10 +28,6 @@ class AuditError(StorageError):
     """The trail cannot be opened or written; the message says which file and what to do."""
 
     retryable = False
-
-
-def canonical(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def entry_hash(doc: Mapping[str, Any]) -> str:

@@ -63,8 +63,10 @@ from packaging.version import InvalidVersion, Version
 import edge_gateway
 from edge_gateway import __version__
 from edge_gateway.config import greengrass
+from edge_gateway.config.diff import config_hash
 from edge_gateway.config.model import GatewayConfig, load_config
-from edge_gateway.control.desired import AppliedConfig, boot_config, config_hash
+from edge_gateway.control.desired import AppliedConfig, boot_config
+from edge_gateway.errors import GatewayError
 from edge_gateway.gxp.audit import clock_state
 
 SPEC_VERSION = 1
@@ -109,8 +111,10 @@ class Report:
         return [r for r in self.results if not r.passed]
 
 
-class SpecError(ValueError):
-    """The SPEC document is malformed; the message names the item."""
+class SpecError(GatewayError, ValueError):
+    """The SPEC document is malformed; the message names the item. The operator must fix the spec."""
+
+    retryable = False
 
 
 # --- collection ----------------------------------------------------------------------------------------

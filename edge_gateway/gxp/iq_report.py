@@ -16,7 +16,6 @@ edge-gateway[report]``); JSON and HTML need nothing beyond the gateway's own dep
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import re
@@ -24,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway import __version__
-from edge_gateway.gxp.audit import canonical
 from edge_gateway.gxp.iq import ItemResult, Report
+from edge_gateway.util.jsondoc import sha256
 
 FORMAT = "edge-gateway-iq/1"
 PDF_HINT = "the PDF needs fpdf2: pip install 'edge-gateway[report]'"
@@ -57,7 +56,7 @@ def report_body(report: Report) -> dict[str, Any]:
 
 
 def body_hash(body: dict[str, Any]) -> str:
-    return "sha256:" + hashlib.sha256(canonical(body)).hexdigest()
+    return sha256(body)
 
 
 def render_json(body: dict[str, Any]) -> bytes:

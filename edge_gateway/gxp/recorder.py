@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway import __version__
+from edge_gateway.config.diff import config_hash
 from edge_gateway.config.model import GatewayConfig
-from edge_gateway.control.desired import config_hash
 from edge_gateway.gxp.audit import (
     BUFFER_QUARANTINED,
     CERTIFICATE_CHANGED,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from edge_gateway.control.shadow import removed_as_null
+from edge_gateway.util.jsondoc import removed_as_null
 
 _MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86_400.0
 

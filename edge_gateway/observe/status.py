@@ -40,14 +40,18 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from edge_gateway import __version__
-from edge_gateway.observe.clock import ClockWatch, clock_synchronised
-
-if TYPE_CHECKING:
-    from edge_gateway.runtime.supervisor import Gateway
+from edge_gateway.buffer.base import Buffer
+from edge_gateway.config.model import GatewayConfig
+from edge_gateway.publish.deadletter import DeadLetterFile
+from edge_gateway.publish.publisher import Publisher
+from edge_gateway.publish.transport.base import Transport
+from edge_gateway.sources.base import Source
+from edge_gateway.util.clock import ClockWatch, clock_synchronised
 
 __all__ = ["FORMAT_VERSION", "StatusReporter", "clock_synchronised", "render"]
 
@@ -77,8 +81,41 @@ class _Rates:
         return round(self.per_s.get(key, 0.0), 1)
 
 
+class ShadowState(Protocol):
+    """What the status shows of the shadow agent (control/shadow.py)."""
+
+    @property
+    def last_status(self) -> dict[str, Any] | None: ...
+    @property
+    def applied_version(self) -> int | None: ...
+
+
+class Observed(Protocol):
+    """What the status reads of the running gateway (runtime/supervisor.py); it changes nothing there."""
+
+    @property
+    def thing(self) -> str: ...
+    @property
+    def config(self) -> GatewayConfig: ...
+    @property
+    def config_hash(self) -> str: ...
+    @property
+    def buffer(self) -> Buffer: ...
+    @property
+    def sources(self) -> Sequence[Source]: ...
+    @property
+    def publishers(self) -> Sequence[Publisher]: ...
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def dead_letter(self) -> DeadLetterFile: ...
+    @property
+    def shadow(self) -> ShadowState | None: ...
+    def audit_status(self) -> dict[str, Any]: ...
+
+
 class StatusReporter:
-    def __init__(self, gateway: Gateway, path: Path, interval_s: float) -> None:
+    def __init__(self, gateway: Observed, path: Path, interval_s: float) -> None:
         self.gateway = gateway
         self.path = path
         self.interval_s = interval_s

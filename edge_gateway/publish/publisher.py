@@ -15,6 +15,7 @@ A publisher MUST (DESIGN.md §3):
   acked, so one poison message cannot block the backlog; readings the encoder knows the destination would
   refuse (``Encoded.rejected``, e.g. SiteWise's time window) are never sent: dead-lettered and counted
   (``unsendable_points``) before their range is acked.
+Encoding is not done here: ``encode.encoder`` holds the ``Encoder`` contract and one encoder per destination.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from edge_gateway.buffer.base import Buffer, Record
-from edge_gateway.config.model import DestinationBase, IotCoreDestination, SiteWiseDestination
+from edge_gateway.config.model import DestinationBase
 from edge_gateway.errors import PublishError
 from edge_gateway.publish.deadletter import DeadLetterFile, message_entry, reading_entry
-from edge_gateway.publish.encode import sitewise
-from edge_gateway.publish.encode.iotcore import Message, encode_batch
+from edge_gateway.publish.encode.encoder import Encoded, Encoder
+from edge_gateway.publish.encode.iotcore import Message
 from edge_gateway.util.backoff import Backoff
 
 if TYPE_CHECKING:
     from edge_gateway.gxp.provenance import Epochs
+
+__all__ = ["LIVE_LANE", "MAIN_LANE", "Publisher", "PublisherStatus", "Transport"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,52 +53,6 @@ _LIVE_RESERVE = 2  # in-flight slots a draining backlog leaves to the live lane
 _FLOW_BYTES_PER_S = 512 * 1024  # IoT Core per-connection throughput, paced by awscrt's flow control
 _BACKLOG_QUEUE_S = 0.5
 _FILL = 0.97  # a batch aims just under one full message: one message per batch, not one and a bit
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    messages: list[Message]
-    rejected: list[tuple[Record, str]] = field(default_factory=list)  # never to be sent, with the reason
-    # Per message: past this wall-clock time the destination would refuse it (dead-lettered, not retried).
-    expires_ns: list[int] | None = None
-
-
-# (records, hash of the configuration that collected them or None) -> what to send
-Encoder = Callable[[Sequence[Record], str | None], Encoded]
-
-
-def iotcore_encoder(dest: IotCoreDestination, thing: str) -> Encoder:
-    def encode(records: Sequence[Record], cfg: str | None) -> Encoded:
-        return Encoded(
-            encode_batch(records, thing=thing, topic_template=dest.topic, max_bytes=dest.max_message_bytes, cfg=cfg)
-        )
-
-    return encode
-
-
-def sitewise_encoder(dest: SiteWiseDestination, thing: str) -> Encoder:
-    """The body is AWS's BatchPutAssetPropertyValue shape and nothing else: provenance for SiteWise is the
-    property alias (``/{thing}/{source}/{point}``) plus the audit trail's declarations."""
-
-    def encode(records: Sequence[Record], _cfg: str | None) -> Encoded:
-        batch = sitewise.encode_batch(
-            records,
-            thing=thing,
-            now_ns=time.time_ns(),
-            topic_template=dest.topic,
-            alias_template=dest.alias,
-            max_bytes=dest.max_message_bytes,
-        )
-        return Encoded(batch.messages, batch.rejected, batch.expires_ns)
-
-    return encode
-
-
-def encoder_for(dest: DestinationBase, thing: str) -> Encoder:
-    if isinstance(dest, SiteWiseDestination):
-        return sitewise_encoder(dest, thing)
-    assert isinstance(dest, IotCoreDestination)
-    return iotcore_encoder(dest, thing)
 
 
 class Transport(Protocol):
@@ -134,7 +91,7 @@ class Publisher:
         epochs: Epochs | None = None,
     ) -> None:
         """``gate``, when given, is awaited before every publish attempt: the gateway uses it so that after
-        a connect the fresh status goes out before any data (publish/presence.py). ``epochs`` says which
+        a connect the fresh status goes out before any data (observe/presence.py). ``epochs`` says which
         configuration collected which sequence numbers: each message then carries that config's hash."""
         self.dest = dest
         self.name = dest.name

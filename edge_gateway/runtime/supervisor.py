@@ -5,136 +5,44 @@ Stop order (SIGTERM/SIGINT): sources first (nothing new is collected), publisher
 ``_DRAIN_GRACE_S`` to finish what is in flight, then the MQTT client stops cleanly (no Last Will), then the
 buffer flushes its ledger. Greengrass kills after 5 s, so the whole stop stays well under that.
 
-A task that crashes on a bug is logged with its traceback and restarted with backoff; it never takes the
-process or the other tasks down.
+Every long-lived task is created in that TaskGroup, named, and restarted with backoff when it crashes on a
+bug (util/tasks.py ``restarting``); it never takes the process or the other tasks down. What runs is built
+by runtime/wiring.py; a new configuration is applied by diff in runtime/reconfigure.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from edge_gateway.buffer.base import Buffer
-from edge_gateway.buffer.disk import DiskBuffer
-from edge_gateway.buffer.memory import MemoryBuffer
-from edge_gateway.config.model import DestinationConfig, GatewayConfig, SourceConfig
-from edge_gateway.control.desired import AppliedConfig, ConfigDiff, config_hash, diff
+from edge_gateway.config.diff import ConfigDiff, config_hash, diff
+from edge_gateway.config.model import DestinationConfig, GatewayConfig
+from edge_gateway.control.desired import AppliedConfig
 from edge_gateway.control.shadow import ShadowAgent
-from edge_gateway.errors import StorageError
 from edge_gateway.gxp.audit import AuditError
 from edge_gateway.gxp.provenance import Epochs, declarations
 from edge_gateway.gxp.recorder import AuditRecorder
-from edge_gateway.model import Reading
 from edge_gateway.observe.health import HealthReporter
 from edge_gateway.observe.metrics import MetricsServer
 from edge_gateway.observe.presence import Presence
 from edge_gateway.observe.status import StatusReporter, atomic_write, clock_synchronised
 from edge_gateway.publish.deadletter import DeadLetterFile
-from edge_gateway.publish.publisher import Publisher, encoder_for
-from edge_gateway.publish.transport.base import Transport
-from edge_gateway.publish.transport.mqtt import MqttTransport
-from edge_gateway.sources.base import Source, SourceState
-from edge_gateway.sources.modbus.config import ModbusTcpSource
-from edge_gateway.sources.modbus.reader import ModbusReader
-from edge_gateway.sources.opcua.config import OpcUaSource
-from edge_gateway.sources.opcua.reader import OpcUaReader
-from edge_gateway.util.backoff import Backoff
-from edge_gateway.util.tasks import cancel_and_wait, raise_if_cancelling
+from edge_gateway.publish.encode.encoder import encoder_for
+from edge_gateway.publish.publisher import Publisher
+from edge_gateway.runtime.reconfigure import Stages
+from edge_gateway.runtime.sink import BufferSink
+from edge_gateway.runtime.wiring import make_buffer, make_transport
+from edge_gateway.sources.base import Source
+from edge_gateway.util.tasks import cancel_and_wait, restarting
 
 _log = logging.getLogger(__name__)
 
 _DRAIN_GRACE_S = 2.0
 _MAINTAIN_INTERVAL_S = 1.0
 _CERTIFICATE_CHECK_ROUNDS = 60  # maintenance rounds between checks of certificates and trust lists
-
-SOURCE_TYPES: dict[type[SourceConfig], Callable[[Any], Source]] = {
-    OpcUaSource: OpcUaReader,
-    ModbusTcpSource: ModbusReader,
-}
-
-
-def make_transport(config: GatewayConfig, will: tuple[str, bytes]) -> Transport:
-    """The gateway's own MQTT connection (with ``will`` as its Last Will), or the Greengrass nucleus' IPC
-    (``publisher.mqtt.mode: greengrass_ipc``: no Last Will exists there)."""
-    mqtt = config.publisher.mqtt
-    if not mqtt.ipc:
-        return MqttTransport(mqtt, config.client_id, will=will)
-    from edge_gateway.config import greengrass  # noqa: PLC0415 - only in IPC mode
-    from edge_gateway.publish.transport.greengrass_ipc import GreengrassIpcTransport  # noqa: PLC0415
-
-    socket_path, token = greengrass.ipc_environment(os.environ)
-    return GreengrassIpcTransport(mqtt, config.gateway.thing_name, socket_path=socket_path, token=token)
-
-
-def make_buffer(config: GatewayConfig) -> Buffer:
-    b = config.buffer
-    destinations = [d.name for d in config.publisher.destinations]
-    if b.type == "memory":
-        return MemoryBuffer(destinations, when_full=b.when_full)
-    return DiskBuffer(
-        config.buffer_path,
-        destinations,
-        max_bytes=b.max_bytes,
-        max_age_s=b.max_age_s,
-        when_full=b.when_full,
-        segment_bytes=b.segment_bytes,
-        fsync_interval_ms=b.fsync_interval_ms,
-    )
-
-
-class BufferSink:
-    """The sink sources write to: the buffer's append, with storage trouble counted (by the buffer) and
-    logged once per change of state instead of killing the source. Readings handed over are stored even
-    when their source is cancelled meanwhile (a configuration change stops it): the append is shielded."""
-
-    def __init__(self, buffer: Buffer) -> None:
-        self.buffer = buffer
-        self._storing = True
-        self._appends: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, readings: Sequence[Reading]) -> None:
-        task = asyncio.get_running_loop().create_task(self._store(readings), name="buffer:append")
-        self._appends.add(task)
-        task.add_done_callback(self._appends.discard)
-        await asyncio.shield(task)
-
-    async def settle(self) -> None:
-        """Wait for appends whose sources were cancelled mid-way."""
-        await asyncio.gather(*self._appends, return_exceptions=True)
-
-    async def _store(self, readings: Sequence[Reading]) -> None:
-        try:
-            await self.buffer.append(readings)
-        except StorageError as exc:
-            if self._storing:
-                self._storing = False
-                _log.error("buffer cannot store readings (they are counted as dropped): %s", exc)
-            return
-        if not self._storing:
-            self._storing = True
-            _log.info("buffer stores readings again")
-
-
-async def _restarting(name: str, factory: Callable[[], Awaitable[None]]) -> None:
-    backoff = Backoff(1.0, 30.0)
-    while True:
-        raise_if_cancelling()
-        started = time.monotonic()
-        try:
-            await factory()
-        except Exception:  # noqa: BLE001 - a bug in one task must not stop the gateway
-            _log.exception("task %s crashed; restarting it", name)
-        else:
-            _log.error("task %s ended unexpectedly; restarting it", name)
-        if time.monotonic() - started > 60:  # noqa: PLR2004 - ran a good while: start over fresh
-            backoff.reset()
-        await asyncio.sleep(backoff.next_delay())
 
 
 class Gateway:
@@ -162,27 +70,29 @@ class Gateway:
         self.audit_error: str | None = None
         self.audit = self._open_audit(config)
         self.epochs = Epochs(config.gateway.data_dir / "provenance-epochs.json")
-        self.sources = [SOURCE_TYPES[type(s)](s) for s in config.sources]
         dl = config.publisher.dead_letter
         self.dead_letter = DeadLetterFile(
             config.dead_letter_path, max_file_bytes=dl.max_file_bytes, max_files=dl.max_files
         )
-        flow_control = config.publisher.mqtt.iot_core_flow_control
-        self.publishers = [self._publisher(d, flow_control=flow_control) for d in config.publisher.destinations]
+        self.stages = Stages(config, sink=BufferSink(self.buffer), new_publisher=self._publisher)
         self.transport.on_connect(self._connection_restored)
         self.shadow: ShadowAgent | None = ShadowAgent(self) if config.shadow.enabled else None
         self.health = HealthReporter(self._report_health, min_interval_s=config.heartbeat.shadow_min_interval_s)
         self.metrics = MetricsServer(config.metrics, lambda: self.status.latest) if config.metrics.enabled else None
         self._background: set[asyncio.Task[Any]] = set()
-        self._sink = BufferSink(self.buffer)
-        self._tg: asyncio.TaskGroup | None = None
-        self._source_tasks: dict[str, asyncio.Task[None]] = {}
-        self._publisher_tasks: dict[str, asyncio.Task[None]] = {}
         self._apply_lock = asyncio.Lock()
         self._hashed: GatewayConfig | None = None
         self._hash = ""
 
-    def _publisher(self, d: DestinationConfig, *, flow_control: bool) -> Publisher:
+    @property
+    def sources(self) -> list[Source]:
+        return self.stages.sources
+
+    @property
+    def publishers(self) -> list[Publisher]:
+        return self.stages.publishers
+
+    def _publisher(self, d: DestinationConfig, flow_control: bool) -> Publisher:
         return Publisher(
             d,
             self.buffer,
@@ -264,30 +174,13 @@ class Gateway:
         for p in self.publishers:
             p.connection_restored()
 
-    def _start_source(self, source: Source) -> None:
-        assert self._tg is not None
-        name = f"source:{source.name}"
-        factory = functools.partial(source.run, self._sink)
-        self._source_tasks[source.name] = self._tg.create_task(_restarting(name, factory), name=name)
-
-    def _start_publisher(self, p: Publisher) -> None:
-        assert self._tg is not None
-        name = f"publish:{p.name}"
-        self._publisher_tasks[p.name] = self._tg.create_task(_restarting(name, p.run), name=name)
-
     async def apply(self, new: GatewayConfig) -> ConfigDiff:
-        """Switch to ``new`` (already validated): only what changed restarts; the buffer and every other
-        source and destination keep running, and a reading a stopped source handed over is still stored."""
+        """Switch to ``new`` (already validated) by diff (runtime/reconfigure.py)."""
         async with self._apply_lock:
             change = diff(self.config, new)
-            await self._apply_sources(new, change)
-            if change.mqtt_changed:
-                # Every publisher restarts on the new connection (their in-flight messages are sent again).
-                await cancel_and_wait(self._publisher_tasks.values())
-                self._publisher_tasks.clear()
-                self.publishers = []
-                await self.transport.reconfigure(new.publisher.mqtt)
-            await self._apply_destinations(new, change)
+            await self.stages.apply(
+                new, change, buffer=self.buffer, transport=self.transport, begin_epoch=self._begin_epoch
+            )
             if change.status_changed:
                 self.status.interval_s = new.status.interval_s
                 self.presence.heartbeat_s = new.heartbeat.interval_s
@@ -295,38 +188,6 @@ class Gateway:
             if not change.empty:
                 _log.info("configuration changed: %s", change.describe())
             return change
-
-    async def _apply_sources(self, new: GatewayConfig, change: ConfigDiff) -> None:
-        stopping = change.sources_removed + change.sources_changed
-        await cancel_and_wait([self._source_tasks.pop(n) for n in stopping])
-        await self._sink.settle()  # what the stopped sources handed over is stored under the old epoch
-        if not change.empty:
-            await self._begin_epoch(new)
-        running = {}
-        for s in self.sources:
-            if s.name in stopping:
-                s.status.state = SourceState.STOPPED
-            else:
-                running[s.name] = s
-        for cfg in new.sources:
-            if cfg.name not in running:
-                running[cfg.name] = SOURCE_TYPES[type(cfg)](cfg)
-                self._start_source(running[cfg.name])
-        self.sources = [running[cfg.name] for cfg in new.sources]
-
-    async def _apply_destinations(self, new: GatewayConfig, change: ConfigDiff) -> None:
-        stopping = change.destinations_removed + change.destinations_changed
-        await cancel_and_wait([t for n in stopping if (t := self._publisher_tasks.pop(n, None))])
-        for name in change.destinations_removed:
-            self.buffer.remove_destination(name)  # its cursor goes: what only it needed can be deleted
-        running = {p.name: p for p in self.publishers if p.name not in stopping}
-        for d in new.publisher.destinations:
-            if d.name in change.destinations_added:
-                self.buffer.add_destination(d.name)  # starts at the head, not at the oldest record
-            if d.name not in running:
-                running[d.name] = self._publisher(d, flow_control=new.publisher.mqtt.iot_core_flow_control)
-                self._start_publisher(running[d.name])
-        self.publishers = [running[d.name] for d in new.publisher.destinations]
 
     async def _starting(self) -> None:
         if self.audit is not None:
@@ -351,35 +212,30 @@ class Gateway:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                for p in self.publishers:
-                    self._start_publisher(p)
+                self.stages.start_publishers(tg)
                 back = [
                     tg.create_task(self._maintain(), name="buffer:maintain"),
                     tg.create_task(self.status.run(), name="status"),
                     tg.create_task(self.presence.run(self.transport), name="heartbeat"),
                 ]
                 if self.audit is not None:
-                    back.append(tg.create_task(_restarting("audit", self.audit.publisher.run), name="audit"))
+                    back.append(tg.create_task(restarting("audit", self.audit.publisher.run), name="audit"))
                 if self.shadow is not None:
-                    back.append(tg.create_task(_restarting("shadow", self.shadow.run), name="shadow"))
-                for s in self.sources:
-                    self._start_source(s)
+                    back.append(tg.create_task(restarting("shadow", self.shadow.run), name="shadow"))
+                self.stages.start_sources()
                 await stop.wait()
                 _log.info("stopping: sources first, then publishers (%.0f s grace)", _DRAIN_GRACE_S)
                 async with self._apply_lock:  # no configuration change half done
                     if self.shadow is not None:
                         await cancel_and_wait(back[-1:])
-                    await cancel_and_wait(self._source_tasks.values())
-                    await self._sink.settle()
-                    for s in self.sources:
-                        s.status.state = SourceState.STOPPED
+                    await self.stages.stop_sources()
                     await self._drain(_DRAIN_GRACE_S)
                     if self.audit is not None:
                         await self.audit.stopped("stop requested (SIGTERM/SIGINT)")
-                    await cancel_and_wait([*self._publisher_tasks.values(), *back])
+                    await self.stages.stop_publishers()
+                    await cancel_and_wait(back)
         finally:
-            self._tg = None
+            self.stages.detach()
             await self.status.fresh()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.transport.stop(final=self.presence.stopped), 3.0)

@@ -9,15 +9,24 @@ asyncua await every request through ``wait_for``, so a reader polling fast can l
   the loop at its next turn.
 - ``cancel_and_wait()`` repeats the cancel until every task has finished, so a shutdown cannot hang on
   a task that swallowed one.
+- ``restarting()`` is how the supervisor runs every long-lived task: a crash is logged and the task
+  starts again with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from edge_gateway.util.backoff import Backoff
+
+_log = logging.getLogger(__name__)
+
 _RECANCEL_S = 0.5
+_RAN_A_WHILE_S = 60.0
 
 
 def raise_if_cancelling() -> None:
@@ -34,3 +43,21 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
         for t in pending:
             t.cancel()
         _done, pending = await asyncio.wait(pending, timeout=_RECANCEL_S)
+
+
+async def restarting(name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    """Run ``factory()`` for ever: a task that crashes on a bug (or ends) is logged with its traceback and
+    started again with backoff; it never takes the process or the other tasks down."""
+    backoff = Backoff(1.0, 30.0)
+    while True:
+        raise_if_cancelling()
+        started = time.monotonic()
+        try:
+            await factory()
+        except Exception:  # noqa: BLE001 - a bug in one task must not stop the gateway
+            _log.exception("task %s crashed; restarting it", name)
+        else:
+            _log.error("task %s ended unexpectedly; restarting it", name)
+        if time.monotonic() - started > _RAN_A_WHILE_S:  # ran a good while: start over fresh
+            backoff.reset()
+        await asyncio.sleep(backoff.next_delay())

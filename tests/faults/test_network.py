@@ -30,7 +30,8 @@ from typing import Any, Self
 import pytest
 
 from edge_gateway.buffer.disk import DiskBuffer
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.faults.test_outages import gaps, restore_broker, stop_broker
 from tests.netpath import NetPath
 from tests.support import COUNTERS, Consumer, GatewayProcess, gateway_config, is_data, mqtt_settings

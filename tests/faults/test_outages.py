@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from edge_gateway.buffer.disk import DiskBuffer
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.support import (
     ALLOW_ALL_ACL,
     COUNTERS,

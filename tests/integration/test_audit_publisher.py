@@ -15,7 +15,8 @@ from edge_gateway.gxp.audit import AuditTrail, entry_hash, read_entries
 from edge_gateway.gxp.audit_publisher import AuditPublisher
 from edge_gateway.publish.transport.mqtt import MqttTransport
 from edge_gateway.util.backoff import Backoff
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.support import ALLOW_ALL_ACL, DENY_GATEWAY_ACL, THING, Consumer, mqtt_settings
 
 TOPIC = f"dt/{THING}/audit"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway.gxp.audit import read_entries, verify
-from simulators.iot_core import free_port
+from simulators.ports import free_port
 from simulators.process import stop_process
 from simulators.shadow import ShadowService
 from tests.integration.test_shadow_config import SHADOW, WINDOW_S, config, gw, reported_status, source, until

@@ -34,7 +34,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from scripts import build_component as build
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from simulators.process import stop_process
 from tests.support import THING, Consumer
 

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from edge_gateway.observe.status import clock_synchronised
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.support import COUNTERS, THING, Consumer, GatewayProcess, gateway_config
 
 STATUS = f"dt/{THING}/status"

@@ -22,15 +22,8 @@ from awsiot.greengrasscoreipc import connect, model
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.eventstream import (
-    Header,
-    MessageFlag,
-    MessageType,
-    encode_message,
-    read_message,
-    rpc_fields,
-    rpc_message,
-)
+from simulators.eventstream import Header, encode_message, read_message
+from simulators.eventstream_rpc import MessageFlag, MessageType, rpc_fields, rpc_message
 from simulators.greengrass_auth import (
     GET_THING_SHADOW,
     MODEL_OPERATIONS,
@@ -42,7 +35,8 @@ from simulators.greengrass_auth import (
     UPDATE_THING_SHADOW,
 )
 from simulators.greengrass_ipc import AccessControl, GreengrassIpcServer, IpcComponent
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.support import THING, Consumer, mqtt_settings
 
 COMPONENT = "com.example.EdgeGateway"

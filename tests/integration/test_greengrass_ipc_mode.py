@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from simulators.greengrass_ipc import AccessControl, GreengrassIpcServer, IpcComponent
-from simulators.iot_core import MosquittoBroker, Pki
-from simulators.shadow_document import ShadowKey
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
+from simulators.shadow.document import ShadowKey
 from tests.support import THING, GatewayProcess, gateway_config
 
 COMPONENT = "com.example.EdgeGateway"

@@ -19,7 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_gateway.observe.status import clock_synchronised
-from simulators.iot_core import MosquittoBroker, Pki, free_port
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
+from simulators.ports import free_port
 from simulators.process import stop_process
 from simulators.shadow import ShadowService
 from tests.support import (

@@ -14,7 +14,8 @@ import pytest
 from edge_gateway.model import Quality
 from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.modbus.config import ModbusSource
-from edge_gateway.sources.modbus.reader import QUARANTINE_S, ModbusReader
+from edge_gateway.sources.modbus.reader import ModbusReader
+from edge_gateway.sources.modbus.recovery import QUARANTINE_S
 from simulators.modbus_process import ModbusSimProcess
 from tests.integration.test_modbus_source import Collect, until
 from tests.support import Starter

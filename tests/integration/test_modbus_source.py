@@ -22,8 +22,8 @@ from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.modbus.config import ModbusTcpSource
 from edge_gateway.sources.modbus.reader import ModbusReader
-from simulators.iot_core import free_port
 from simulators.modbus_plc import REGISTERS, ModbusPlc
+from simulators.ports import free_port
 from simulators.process import stop_process
 from tests.support import Starter, start_sim
 

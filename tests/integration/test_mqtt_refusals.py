@@ -27,7 +27,8 @@ from awscrt import io, mqtt5
 
 from edge_gateway.config.model import MqttSettings
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, Pki, add_client, generate_pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki, add_client, generate_pki
 from tests.support import THING, mqtt_settings
 from tests.tls_front import IOT_CORE_ALPN, AlpnGate, CrlMosquittoBroker, write_crl
 

@@ -15,8 +15,10 @@ import pytest
 
 from edge_gateway.config.model import HttpProxySettings
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.transport.mqtt import MqttTransport, check_iot_core_limits, topic_matches
-from simulators.iot_core import MosquittoBroker, Pki, generate_pki
+from edge_gateway.publish.transport.mqtt import MqttTransport
+from edge_gateway.publish.transport.topics import check_iot_core_limits, topic_matches
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki, generate_pki
 from tests.http_proxy import HttpConnectProxy
 from tests.support import DENY_GATEWAY_ACL, THING, Consumer, mqtt_settings
 

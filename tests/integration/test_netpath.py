@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.netpath import NetPath
 from tests.support import THING, mqtt_settings
 

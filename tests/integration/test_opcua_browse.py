@@ -14,9 +14,9 @@ import yaml
 
 from edge_gateway.sources.opcua.config import OpcUaSource
 from edge_gateway.sources.opcua.reader import OpcUaReader
-from simulators.iot_core import free_port
 from simulators.opcua_plc import TAGS
 from simulators.opcua_process import OpcUaSimProcess
+from simulators.ports import free_port
 from tests.integration.test_opcua_source import Collected, assert_consecutive
 
 

@@ -14,9 +14,9 @@ from edge_gateway.model import Quality
 from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.opcua.config import OpcUaSource
 from edge_gateway.sources.opcua.reader import OpcUaReader
-from simulators.iot_core import free_port
 from simulators.opcua_plc import NAMESPACE, bulk_node_id, node_id
 from simulators.opcua_process import OpcUaSimProcess, call_control
+from simulators.ports import free_port
 from tests.integration.test_opcua_source import Collected, assert_consecutive
 
 OPC_UA_NS = "http://opcfoundation.org/UA/"

@@ -21,8 +21,8 @@ from edge_gateway.model import Quality, Reading
 from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.opcua.config import OpcUaSource
 from edge_gateway.sources.opcua.reader import OpcUaReader
-from simulators.iot_core import free_port
 from simulators.opcua_plc import NAMESPACE, TAGS, OpcUaPlc, node_id
+from simulators.ports import free_port
 from simulators.process import stop_process
 from tests.support import start_sim
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.config.model import IotCoreDestination
 from edge_gateway.model import Quality, Reading
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.support import Consumer, running_publisher
 
 BACKLOG = 250_000

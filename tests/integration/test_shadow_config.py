@@ -1,5 +1,5 @@
 """Shadow-driven configuration end to end: the gateway (a subprocess), both PLC simulators, Mosquitto with
-mutual TLS and the Device Shadow service stand-in (simulators/shadow.py) on top of it."""
+mutual TLS and the Device Shadow service stand-in (simulators/shadow/) on top of it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from simulators.iot_core import MosquittoBroker, Pki, free_port
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
+from simulators.ports import free_port
 from simulators.shadow import ShadowRequestError, ShadowService
 from tests.support import THING, Consumer, GatewayProcess, gateway_config, is_data, mqtt_settings
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from simulators.process import stop_process
 from simulators.shadow import ShadowCaller, ShadowKey, ShadowRequestError, ShadowService
 from tests.support import THING, Consumer, mqtt_settings

@@ -12,7 +12,8 @@ from typing import Any
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.config.model import SiteWiseDestination
 from edge_gateway.model import Quality, Reading
-from simulators.iot_core import MosquittoBroker, Pki
+from simulators.iot_core import MosquittoBroker
+from simulators.pki import Pki
 from tests.support import THING, Consumer, running_publisher
 
 DAY_NS = 86_400 * 10**9

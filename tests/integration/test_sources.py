@@ -14,9 +14,9 @@ from edge_gateway.sources.modbus.config import ModbusTcpSource
 from edge_gateway.sources.modbus.reader import ModbusReader
 from edge_gateway.sources.opcua.config import OpcUaSource
 from edge_gateway.sources.opcua.reader import OpcUaReader
-from simulators.iot_core import free_port
 from simulators.modbus_plc import ModbusPlc
 from simulators.opcua_plc import OpcUaPlc, node_id
+from simulators.ports import free_port
 from simulators.process import stop_process
 from tests.support import Starter, start_sim
 

@@ -30,15 +30,11 @@ from simulators.eventstream import (
     Header,
     HeaderType,
     Message,
-    MessageFlag,
-    MessageType,
-    ProtocolError,
     decode_message,
     encode_message,
     read_message,
-    rpc_fields,
-    rpc_message,
 )
+from simulators.eventstream_rpc import MessageFlag, MessageType, ProtocolError, rpc_fields, rpc_message
 
 UUID = uuid.UUID("0123456789abcdef0123456789abcdef")
 # One header of every type, with values at or near their limits.

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from edge_gateway.config.diff import config_hash
 from edge_gateway.config.model import load_config
-from edge_gateway.control.desired import AppliedConfig, config_hash, effective_config
+from edge_gateway.control.desired import AppliedConfig, effective_config
 from edge_gateway.gxp.iq import IqItem, SpecError, collect, compare, fingerprint, init_spec
 
 NOW = dt.datetime.now(dt.UTC)

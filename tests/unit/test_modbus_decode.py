@@ -17,9 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_gateway.sources.modbus.codec import MAX_REGISTERS, ReadRequest, decode, plan_reads
+from edge_gateway.sources.modbus.codec import MAX_REGISTERS, ReadRequest, decode, plan_reads, request_for, split_request
 from edge_gateway.sources.modbus.config import ModbusPoint
-from edge_gateway.sources.modbus.reader import request_for, split_request
 
 FORMATS = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f"}
 EDGE_VALUES: dict[str, list[Any]] = {

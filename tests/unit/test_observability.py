@@ -8,10 +8,10 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from edge_gateway.observe.clock import ClockWatch, kernel_clock
 from edge_gateway.observe.health import HealthReporter, summary
 from edge_gateway.observe.metrics import StatusCollector
 from edge_gateway.observe.status import render
+from edge_gateway.util.clock import ClockWatch, kernel_clock
 
 NO_DROPS = {"full": 0, "expired": 0, "corrupt": 0, "io_error": 0}
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_gateway.config.diff import config_hash, diff
 from edge_gateway.config.model import GatewayConfig, parse_config
-from edge_gateway.control.desired import AppliedConfig, boot_config, config_hash, diff, effective_config
+from edge_gateway.control.desired import AppliedConfig, boot_config, effective_config
 from edge_gateway.errors import ConfigError
 from tests.unit.test_config import valid_doc
 

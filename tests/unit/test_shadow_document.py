@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulators.shadow_document import (
+from simulators.shadow.document import (
     MAX_DEPTH,
     TOO_DEEP,
     JsonObject,

@@ -51,7 +51,7 @@ from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from edge_gateway.config.model import MqttSettings
 from edge_gateway.errors import PublishError
 from edge_gateway.publish.transport.base import MessageHandler
-from edge_gateway.publish.transport.mqtt import check_iot_core_limits, topic_matches
+from edge_gateway.publish.transport.topics import check_iot_core_limits, topic_matches
 from edge_gateway.util.backoff import Backoff
 
 _log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""MQTT 5 transport over mutual TLS (awscrt/awsiotsdk), the only module that imports them.
+"""MQTT 5 transport over mutual TLS (awscrt/awsiotsdk); with ``mqtt_errors`` the only modules that import them.
 
 Contract:
 - ``start()`` starts the client and returns; awscrt connects and reconnects by itself (exponential
@@ -9,11 +9,14 @@ Contract:
   Note: awscrt's TLS (s2n) holds a client-side handshake failure (e.g. an untrusted server certificate)
   for 10-30 s before reporting it.
 - ``publish(topic, payload)`` is QoS 1 and returns the PUBACK reason code; a code >= 0x80 (e.g. 135 NOT
-  AUTHORIZED) or a client error raises ``PublishError``. Awaiting goes through ``asyncio.shield`` because
-  cancelling the wrapped CRT future loses its PUBACK. While offline, publishes wait in the client's queue
-  until the connection is back; callers bound how many they submit (that queue has no size limit).
-- IoT Core limits are checked here before sending (awscrt does not): topic <= 256 bytes and <= 7 slashes
-  (a ``$aws/rules/<rule>/`` prefix not counted), payload <= 128 KiB. Breaking one is ``retryable=False``.
+  AUTHORIZED) or a client error raises ``PublishError``. Every awscrt error, refusal and connect failure is
+  translated in ``mqtt_errors`` (``map_awscrt_errors`` and its helpers), nowhere else. Awaiting goes
+  through ``asyncio.shield`` because cancelling the wrapped CRT future loses its PUBACK. While offline,
+  publishes wait in the client's queue until the connection is back; callers bound how many they submit
+  (that queue has no size limit).
+- IoT Core limits are checked before sending (awscrt does not; ``topics.check_iot_core_limits``): topic <= 256
+  bytes and <= 7 slashes (a ``$aws/rules/<rule>/`` prefix not counted), payload <= 128 KiB. Breaking one is
+  ``retryable=False``.
 - Callbacks arrive on CRT threads; exactly one bridge (``loop.call_soon_threadsafe``) carries them onto the
   event loop. Nothing runs on a CRT thread but that hand-over.
 - ``subscribe(filter, handler)`` is QoS 1; handlers run on the event loop. After a reconnect into a new
@@ -33,43 +36,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from awscrt import exceptions as crt_exceptions
 from awscrt import http, mqtt5
 from awsiot import mqtt5_client_builder
 
 from edge_gateway.config.model import MqttSettings
 from edge_gateway.errors import PublishError
+from edge_gateway.publish.transport.base import MessageHandler
+from edge_gateway.publish.transport.mqtt_errors import (
+    check_suback,
+    connect_failure,
+    disconnect_reason,
+    map_awscrt_errors,
+    puback_code,
+)
+from edge_gateway.publish.transport.topics import check_iot_core_limits, topic_matches
 
 _log = logging.getLogger(__name__)
 
-MAX_PAYLOAD_BYTES = 128 * 1024
-MAX_TOPIC_BYTES = 256
-MAX_TOPIC_SLASHES = 7
 _SESSION_EXPIRY_S = 3600
 _FINAL_PUBLISH_TIMEOUT_S = 1.0
 _STOP_TIMEOUT_S = 3.0
-# awscrt errors that no retry can fix: the packet itself is invalid for this connection. The hint tells
-# the operator what to change.
-_PERMANENT_ERRORS = {
-    "AWS_ERROR_MQTT5_PACKET_VALIDATION": "the packet is over the broker's maximum packet size or otherwise"
-    " invalid for this connection; make the message smaller",
-    "AWS_ERROR_MQTT5_PUBLISH_OPTIONS_VALIDATION": "the publish options are invalid; check the topic",
-}
-
-MessageHandler = Callable[[str, bytes], None]
-
-# What a connect failure most likely means, for the log line an operator reads.
-_CONNECT_HINTS = {
-    "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE": "TLS handshake failed: check that ca_file signed the server "
-    "certificate (AmazonRootCA1 for IoT Core), that endpoint matches its name, and that a server on a port "
-    "other than 443 does not require ALPN",
-    "AWS_IO_TLS_ERROR_READ_FAILURE": "the server closed TLS during the handshake: it probably refused the client "
-    "certificate (revoked, inactive in IoT Core, or from a CA it does not trust)",
-    "AWS_IO_SOCKET_CONNECTION_REFUSED": "nothing listens there: check endpoint and port",
-    "AWS_IO_DNS_INVALID_NAME": "the endpoint name does not resolve: check endpoint",
-    "AWS_ERROR_HTTP_PROXY_CONNECT_FAILED": "the HTTP proxy refused the tunnel: check the proxy host, port, "
-    "username and password file, and that it allows CONNECT to the endpoint's port",
-}
 
 
 @dataclass(slots=True)
@@ -86,41 +72,6 @@ class MqttStatus:
     rejoined_session: bool = False
     last_error: str | None = None
     last_connect_time: float | None = None
-
-
-def check_iot_core_limits(topic: str, payload: bytes) -> None:
-    """Raise PublishError(retryable=False) for a topic or payload AWS IoT Core would refuse."""
-    topic_bytes = len(topic.encode())
-    if not topic or "#" in topic or "+" in topic:
-        raise PublishError(f"topic {topic!r} is empty or has a wildcard", retryable=False)
-    if topic_bytes > MAX_TOPIC_BYTES:
-        raise PublishError(
-            f"topic {topic!r} is {topic_bytes} bytes, over IoT Core's {MAX_TOPIC_BYTES}", retryable=False
-        )
-    counted = topic
-    if topic.startswith("$aws/rules/"):
-        counted = topic.split("/", 3)[3] if topic.count("/") >= 3 else ""  # noqa: PLR2004 - $aws/rules/<rule>/
-    if counted.count("/") > MAX_TOPIC_SLASHES:
-        raise PublishError(
-            f"topic {topic!r} has {counted.count('/')} slashes, over IoT Core's {MAX_TOPIC_SLASHES}", retryable=False
-        )
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise PublishError(
-            f"payload of {len(payload)} bytes on {topic!r} is over IoT Core's {MAX_PAYLOAD_BYTES}", retryable=False
-        )
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT filter matching; a leading wildcard does not match ``$`` topics (``$aws/…``), as on a broker."""
-    if topic.startswith("$") and topic_filter[:1] in ("#", "+"):
-        return False
-    f_parts, t_parts = topic_filter.split("/"), topic.split("/")
-    for i, part in enumerate(f_parts):
-        if part == "#":
-            return True
-        if i >= len(t_parts) or (part not in ("+", t_parts[i])):
-            return False
-    return len(f_parts) == len(t_parts)
 
 
 def _proxy_options(s: MqttSettings) -> http.HttpProxyOptions | None:
@@ -142,12 +93,6 @@ def _proxy_options(s: MqttSettings) -> http.HttpProxyOptions | None:
         auth_password=password,
         connection_type=http.HttpProxyConnectionType.Tunneling,
     )
-
-
-def _crt_error_name(exc: BaseException) -> str:
-    if isinstance(exc, crt_exceptions.AwsCrtError):
-        return str(exc.name)
-    return f"{type(exc).__name__}: {exc}"
 
 
 class MqttTransport:
@@ -316,14 +261,10 @@ class MqttTransport:
     def _on_connection_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
         st = self.status
         st.connection_failures += 1
-        name = _crt_error_name(data.exception) if data.exception else "unknown"
-        reason = name
-        if data.connack_packet is not None:
-            reason += f" (CONNACK {data.connack_packet.reason_code!r})"
+        reason, hint = connect_failure(data)
         st.last_error = f"connect failed: {reason}"
         if not self._failing:
             self._failing = True
-            hint = f" ({_CONNECT_HINTS[name]})" if name in _CONNECT_HINTS else ""
             _log.warning(
                 "mqtt: cannot connect to %s:%d: %s%s; retrying with backoff",
                 self.settings.endpoint,
@@ -345,7 +286,7 @@ class MqttTransport:
         if not was_connected:
             return
         st.disconnects += 1
-        reason = _crt_error_name(data.exception) if data.exception else "broker closed the connection"
+        reason = disconnect_reason(data)
         st.last_error = f"disconnected: {reason}"
         if reason != "AWS_ERROR_MQTT5_USER_REQUESTED_STOP":
             _log.warning("mqtt: disconnected from %s:%d: %s", self.settings.endpoint, self.settings.port, reason)
@@ -368,23 +309,11 @@ class MqttTransport:
     async def publish(self, topic: str, payload: bytes) -> int:
         check_iot_core_limits(topic, payload)
         client = self._require_client()
-        try:
+        with map_awscrt_errors("publish", topic, submitting=True):
             crt_future = client.publish(mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE))
-        except Exception as exc:  # awscrt raises plain RuntimeError for invalid packets
-            raise PublishError(f"publish to {topic!r} refused by the client: {exc}", retryable=False) from exc
-        try:
+        with map_awscrt_errors("publish", topic, payload_bytes=len(payload)):
             result = await _await_crt(crt_future)
-        except crt_exceptions.AwsCrtError as exc:
-            hint = _PERMANENT_ERRORS.get(exc.name)
-            if hint is not None:
-                msg = f"publish of {len(payload)} bytes to {topic!r} failed: {exc.name}: {hint}"
-                raise PublishError(msg, retryable=False) from exc
-            raise PublishError(f"publish to {topic!r} failed: {exc.name}") from exc
-        code = int(result.puback.reason_code) if result.puback is not None else 0
-        if code >= 0x80:  # noqa: PLR2004 - MQTT 5: reason codes >= 0x80 are failures
-            name = getattr(result.puback.reason_code, "name", str(code))
-            raise PublishError(f"broker refused publish to {topic!r}: {name} ({code})", reason_code=code)
-        return code
+        return puback_code(result, topic)
 
     async def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         self._handlers[topic_filter] = handler
@@ -401,13 +330,9 @@ class MqttTransport:
     async def _subscribe(self, topic_filter: str) -> None:
         client = self._require_client()
         packet = mqtt5.SubscribePacket(subscriptions=[mqtt5.Subscription(topic_filter, qos=mqtt5.QoS.AT_LEAST_ONCE)])
-        try:
+        with map_awscrt_errors("subscribe", topic_filter):
             suback = await _await_crt(client.subscribe(packet))
-        except crt_exceptions.AwsCrtError as exc:
-            raise PublishError(f"subscribe to {topic_filter!r} failed: {exc.name}") from exc
-        codes = [int(c) for c in suback.reason_codes]
-        if any(c >= 0x80 for c in codes):  # noqa: PLR2004
-            raise PublishError(f"broker refused subscription to {topic_filter!r}: reason codes {codes}")
+        check_suback(suback, topic_filter)
 
     def _require_client(self) -> mqtt5.Client:
         if self._client is None:

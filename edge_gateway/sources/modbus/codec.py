@@ -6,6 +6,8 @@ on the coil/discrete_input tables) between them is at most the gap allowance and
 the read limit (125 registers for function codes 3/4, 2,000 bits for 1/2, or less when configured).
 Reads are ordered by table and address. The greedy sweep is optimal here: extending a read as far as the
 rules allow never leaves more reads for the rest (checked against brute force in the unit tests).
+``split_request`` halves a planned read by address order (the reader refines its plan with it when a
+device refuses or ignores a read's range); ``request_for`` is the one read covering given points.
 
 Decoding (register tables): each register is two bytes. ``byte_order="big"`` means the high byte comes
 first (the Modbus convention), ``"little"`` swaps the two bytes of every register. ``word_order="big"``
@@ -29,7 +31,18 @@ from dataclasses import dataclass, field
 from edge_gateway.model import Value
 from edge_gateway.sources.modbus.config import MAX_BITS, MAX_REGISTERS, ModbusPoint
 
-__all__ = ["MAX_BITS", "MAX_REGISTERS", "Decoder", "ReadRequest", "decode", "decoder_for", "encode", "plan_reads"]
+__all__ = [
+    "MAX_BITS",
+    "MAX_REGISTERS",
+    "Decoder",
+    "ReadRequest",
+    "decode",
+    "decoder_for",
+    "encode",
+    "plan_reads",
+    "request_for",
+    "split_request",
+]
 
 Decoder = Callable[[Sequence[int], int], Value]
 """Decodes one point from a read's registers, given the offset of the point's first register."""
@@ -98,6 +111,22 @@ def plan_reads(
         if current:
             requests.append(make_request(table, start, end - start + 1, current))
     return requests
+
+
+def request_for(table: str, points: Sequence[ModbusPoint]) -> ReadRequest:
+    """One read covering every point given (all of ``table``), from the lowest to the highest address."""
+    ordered = tuple(sorted(points, key=lambda p: p.address))
+    start = ordered[0].address
+    end = max(p.address + p.register_count - 1 for p in ordered)
+    return make_request(table, start, end - start + 1, ordered)
+
+
+def split_request(req: ReadRequest) -> list[ReadRequest]:
+    """Halve a multi-point request by address order (used when the device refuses or ignores its range)."""
+    if len(req.points) < 2:  # noqa: PLR2004 - a pair is the smallest thing that splits
+        return [req]
+    half = len(req.points) // 2
+    return [request_for(req.table, req.points[:half]), request_for(req.table, req.points[half:])]
 
 
 def _words(point: ModbusPoint) -> Callable[[Sequence[int], int], list[int]]:

@@ -3,7 +3,7 @@
 The original form (``endpoint``, ``publishing_interval_ms``, ``nodes[alias, node_id]``) stays valid: its
 ``nodes`` are the source's default subscription group. ``groups`` add more, each subscribed or polled.
 Relative paths (``security.cert_dir``, ``security.trust_dir``, ``auth.password_file``) are resolved
-against the config file's folder by ``config.resolve_paths``.
+against the config file's folder (``LocalPath``, config/common.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from edge_gateway.config.common import ALIAS_PATTERN, NAME_PATTERN, Model, Reconnecting, check_unique
+from edge_gateway.config.common import ALIAS_PATTERN, NAME_PATTERN, LocalPath, Model, Reconnecting, check_unique
 
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 SecurityPolicy = Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
@@ -77,10 +77,10 @@ class OpcUaSecurity(Model):
     mode: SecurityMode = "None"
     policy: SecurityPolicy = "Basic256Sha256"
     # The client's key and certificate, created once on first use and kept (client_key.pem, client_cert.der).
-    cert_dir: Path = Path("opcua-pki")
+    cert_dir: LocalPath = Field(default=Path("opcua-pki"), validate_default=True)
     # Server certificates (DER or PEM) we trust; default <cert_dir>/trusted. A server whose certificate
     # is not here is refused.
-    trust_dir: Path | None = None
+    trust_dir: LocalPath | None = None
     # Trust (and save into trust_dir) the certificate of a server whose application URI has no
     # certificate in the trust list yet. Off by default: only for commissioning.
     trust_on_first_use: bool = False
@@ -96,7 +96,7 @@ class OpcUaAuth(Model):
     username: str = Field(min_length=1)
     # The password comes from a file (first line, trailing newline stripped) or an environment variable;
     # never from the config itself (the config may travel through the shadow), never logged.
-    password_file: Path | None = None
+    password_file: LocalPath | None = None
     password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @model_validator(mode="after")

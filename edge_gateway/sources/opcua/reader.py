@@ -1,7 +1,7 @@
 """OPC UA source: one session per source, subscribed and polled node groups, watchdogs, recovery.
 
 Contract (sources/base.py) plus (reference: docs/opcua.md):
-- Nodes (opcua_nodes.py) are resolved on every connect; the subscribed ones become monitored items
+- Nodes (nodes.py) are resolved on every connect; the subscribed ones become monitored items
   (data change, per-node sampling interval, queue size, absolute/percent deadband) of one subscription
   with ``publishing_interval_ms``; each poll group is read with batched Read requests every
   ``poll_interval_ms`` (registered first with RegisterNodes). Every multi-node request stays within the
@@ -14,7 +14,7 @@ Contract (sources/base.py) plus (reference: docs/opcua.md):
 - A node that cannot be resolved or that the server refuses gives one BAD reading for its alias per
   session (``status`` is the server's StatusCode, or the reason as text), counts in
   ``errors_by_kind["bad_node"]``, and is logged once per change of the refused set; the rest flow.
-- Quality: StatusCode severity (opcua_values.py), the code kept in ``status`` when not GOOD. A Good value
+- Quality: StatusCode severity (values.py), the code kept in ``status`` when not GOOD. A Good value
   with the Overflow bit counts in ``errors_by_kind["server_overflow"]``. Timestamp per ``timestamp``:
   source (falling back to server), server (falling back to source) or gateway only.
 - Recovery (a state machine: STARTING -> CONNECTED -> RECONNECTING -> CONNECTED ..., STOPPED at the end):
@@ -29,8 +29,9 @@ Contract (sources/base.py) plus (reference: docs/opcua.md):
     ``Backoff`` delay; after a connection loss (not a stall) it first asks the new session to take the
     old subscription over (TransferSubscriptions, initial values resent) and creates a new
     subscription only when the server refuses (e.g. it restarted).
-- One session's publish handler, watchdogs and poll tasks live in opcua_session.py.
-- Security (opcua_security.py): Sign / SignAndEncrypt, trust list, user and password; a refused setup
+- One session's publish handler, watchdogs and poll tasks live in session.py (which sees this reader only
+  through its ``SessionOwner`` protocol); creating or taking over the subscription in subscription.py.
+- Security (security.py): Sign / SignAndEncrypt, trust list, user and password; a refused setup
   is reported with what to do and retried with backoff like any connection failure.
 - Cancellation is never swallowed: the session is closed (at most ``CLOSE_TIMEOUT_S``) and the
   ``CancelledError`` propagates; readings still queued at that moment are not handed to the sink.
@@ -40,21 +41,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import deque
 
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 
 from edge_gateway.model import Quality, Reading, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
 from edge_gateway.sources.opcua.config import OpcUaSource
-from edge_gateway.sources.opcua.nodes import Item, build_items, chunks, read_limits, resolve, server_started
+from edge_gateway.sources.opcua.nodes import build_items, read_limits, resolve, server_started
 from edge_gateway.sources.opcua.security import SecuritySetupError, secure
 from edge_gateway.sources.opcua.session import SESSION_ERRORS, Session, describe
+from edge_gateway.sources.opcua.subscription import create_subscription, take_over
 from edge_gateway.sources.opcua.values import quality_of, server_overflowed, to_ns, to_value
 from edge_gateway.util.backoff import Backoff
 from edge_gateway.util.tasks import cancel_and_wait, raise_if_cancelling
@@ -68,8 +68,6 @@ MAX_PENDING = 100_000
 # The server drops our session this long after it last heard from us: short enough that a PLC with few
 # session slots gets them back soon after a network cut, long enough to transfer the subscription.
 SESSION_TIMEOUT_MS = 60_000
-# The server keeps the subscription 10 keep-alives without publish requests.
-_LIFETIME_KEEPALIVES = 10
 _WATCHDOG_TICK_S = 0.25
 _AUTH_CODES = {
     StatusCodes.BadUserAccessDenied,
@@ -82,7 +80,6 @@ _CERT_CODES = {
     StatusCodes.BadCertificateInvalid,
     StatusCodes.BadCertificateUriInvalid,
 }
-_DEADBAND = {"absolute": ua.DeadbandType.Absolute, "percent": ua.DeadbandType.Percent}
 
 
 class OpcUaReader:
@@ -220,7 +217,8 @@ class OpcUaReader:
         wanted = [(item, nid) for item, nid in resolved.nodes if item.group.poll_interval_ms is None]
         session.to_poll = [(item, nid) for item, nid in resolved.nodes if item.group.poll_interval_ms is not None]
         if wanted and not await self._transfer(client, session):
-            await self._create_subscription(client, session, wanted, refused)
+            self.last_sequence = 0  # a new subscription numbers its notifications anew
+            await create_subscription(client, session, c, wanted, refused)
         self._report_refused(refused)
         ts = now_ns()
         return [
@@ -238,103 +236,13 @@ class OpcUaReader:
             # Another server process: its subscription ids are not ours, even where the numbers match.
             _log.info("opcua %s: the server restarted; creating a new subscription", self.name)
             return False
-        params = ua.TransferSubscriptionsParameters(SubscriptionIds=[sub_id], SendInitialValues=True)
-        try:
-            results = await client.uaclient.transfer_subscriptions(params)
-        except UaStatusCodeError as exc:  # e.g. BadServiceUnsupported
-            _log.info(
-                "opcua %s: TransferSubscriptions refused (%s); creating a new subscription", self.name, describe(exc)
-            )
+        if not await take_over(client, session, self.config, sub_id, subscribed):
             return False
-        if not results or not results[0].StatusCode.is_good():
-            code = results[0].StatusCode.name if results else "no result"
-            _log.info("opcua %s: subscription %d not transferable (%s); creating a new one", self.name, sub_id, code)
-            return False
-        # Notifications the server sent but we never got (in flight at the cut) come first, in order.
-        for seq in sorted(int(s) for s in results[0].AvailableSequenceNumbers or []):
-            if seq > self.last_sequence:
-                try:
-                    message = await client.uaclient.session.republish(sub_id, seq)
-                except UaStatusCodeError:  # BadMessageNotAvailable: gone from the server's queue meanwhile
-                    continue
-                await session.on_publish(ua.PublishResult(SubscriptionId=sub_id, NotificationMessage=message))
-        # asyncua has no public call to route a transferred subscription's publish responses;
-        # Subscription.restore() registers it the same way.
-        client.uaclient.session._subscription_callbacks[sub_id] = session.on_publish  # noqa: SLF001
-        client.uaclient.ensure_publish_loop()
-        session.subscription_id = sub_id
-        session.subscribed = list(subscribed)
-        session.last_publish = session.last_data = session.clock()
-        session.first_publish_within_s = 2 * self.config.publishing_interval_ms / 1000 + self.config.timeout_s
-        session.stall_after_s = self._stall_after(float(self.config.publishing_interval_ms), self._keepalive_count())
         self.transfers += 1
         _log.info(
             "opcua %s: took over subscription %d (%d items) in the new session", self.name, sub_id, len(subscribed)
         )
         return True
-
-    def _keepalive_count(self) -> int:
-        return max(1, math.ceil(self.config.keepalive_s * 1000 / self.config.publishing_interval_ms))
-
-    def _stall_after(self, interval_ms: float, keepalive_count: int) -> float:
-        return 2 * interval_ms * keepalive_count / 1000 + self.config.timeout_s
-
-    async def _create_subscription(
-        self,
-        client: Client,
-        session: Session,
-        wanted: list[tuple[Item, ua.NodeId]],
-        refused: dict[str, tuple[str, int | str]],
-    ) -> None:
-        c = self.config
-        keepalive = self._keepalive_count()
-        params = ua.CreateSubscriptionParameters(
-            RequestedPublishingInterval=float(c.publishing_interval_ms),
-            RequestedLifetimeCount=keepalive * _LIFETIME_KEEPALIVES,
-            RequestedMaxKeepAliveCount=keepalive,
-            MaxNotificationsPerPublish=0,  # no limit
-            PublishingEnabled=True,
-            Priority=0,
-        )
-        self.last_sequence = 0
-        result = await client.uaclient.create_subscription(params, session.on_publish)
-        session.subscription_id = int(result.SubscriptionId)
-        session.last_publish = session.last_data = session.clock()
-        session.stall_after_s = self._stall_after(
-            result.RevisedPublishingInterval, int(result.RevisedMaxKeepAliveCount)
-        )
-        for chunk in chunks(wanted, session.limits["monitored"]):
-            request = ua.CreateMonitoredItemsParameters(
-                SubscriptionId=result.SubscriptionId,
-                TimestampsToReturn=ua.TimestampsToReturn.Both,
-                ItemsToCreate=[self._request(item, nid) for item, nid in chunk],
-            )
-            results = await client.uaclient.create_monitored_items(request)
-            for (item, _), created in zip(chunk, results, strict=True):
-                code = created.StatusCode
-                if code.is_good():
-                    session.subscribed.append(item.alias)
-                else:
-                    msg = f"node {item.where!r} ({item.alias}): {code.name} ({code.value:#010x})"
-                    refused[item.alias] = (msg, int(code.value))
-
-    def _request(self, item: Item, nid: ua.NodeId) -> ua.MonitoredItemCreateRequest:
-        parameters = ua.MonitoringParameters(
-            ClientHandle=item.handle,
-            SamplingInterval=float(item.sampling_interval_ms),
-            QueueSize=item.queue_size,
-            DiscardOldest=True,
-        )
-        deadband = _DEADBAND.get(item.deadband_type)
-        if deadband is not None:
-            parameters.Filter = ua.DataChangeFilter(
-                Trigger=ua.DataChangeTrigger.StatusValue, DeadbandType=deadband, DeadbandValue=item.deadband_value
-            )
-        return ua.MonitoredItemCreateRequest(
-            ItemToMonitor=ua.ReadValueId(NodeId=nid, AttributeId=AttributeIds.Value),
-            MonitoringMode=ua.MonitoringMode.Reporting,
-            RequestedParameters=parameters,
-        )
 
     def _report_refused(self, refused: dict[str, tuple[str, int | str]]) -> None:
         for message, _ in refused.values():

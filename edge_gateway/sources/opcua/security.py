@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from edge_gateway.errors import SourceError
 from edge_gateway.sources.opcua.config import OpcUaAuth, OpcUaSecurity, SecurityPolicy
 
 _log = logging.getLogger(__name__)
@@ -48,9 +49,14 @@ POLICIES: dict[SecurityPolicy, type[security_policies.SecurityPolicy]] = {
 _MODES = {"Sign": ua.MessageSecurityMode.Sign, "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
 
 
-class SecuritySetupError(Exception):
-    """The session cannot be secured as configured; the message says what to do. Retried with backoff
-    (the operator may fix the trust list or the password file while we wait)."""
+class SecuritySetupError(SourceError):
+    """The session cannot be secured as configured; the message says what to do.
+
+    Not retryable: the same attempt fails until the operator acts (trust list, certificate, password).
+    The reader still reconnects with backoff, so the fix takes effect without a restart.
+    """
+
+    retryable = False
 
 
 def default_application_uri() -> str:

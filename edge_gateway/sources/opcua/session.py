@@ -11,27 +11,43 @@ Contract:
   fixed schedule; an overrun is counted in ``errors_by_kind["poll_overrun"]`` and skipped, a failed
   Read ends the session.
 - ``lose`` keeps the first reason only and wakes the reader.
+- The reader is seen only through ``SessionOwner`` (defined here): this module never imports reader.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
+from edge_gateway.sources.base import SourceStatus
 from edge_gateway.sources.opcua.nodes import Item, chunks
 from edge_gateway.util.tasks import raise_if_cancelling
 
-if TYPE_CHECKING:
-    from edge_gateway.sources.opcua.reader import OpcUaReader
-
 # What asyncua raises when the server is unreachable, goes away, or answers with an error.
 SESSION_ERRORS = (OSError, TimeoutError, UaError)
+
+
+class SessionOwner(Protocol):
+    """What a session needs of the reader that runs it (``OpcUaReader``).
+
+    ``on_value`` takes every value (data change or poll read) in order; ``wake`` is set when the session
+    ends; ``status`` takes the watchdog and overrun counts; ``last_sequence`` is the highest notification
+    sequence number seen, kept across sessions (a transfer republishes only what came after it).
+    """
+
+    name: str
+    endpoint: str
+    status: SourceStatus
+    wake: asyncio.Event
+    last_sequence: int
+
+    def on_value(self, handle: int, dv: ua.DataValue, session: Session) -> None: ...
 
 
 def describe(exc: BaseException) -> str:
@@ -45,7 +61,7 @@ def describe(exc: BaseException) -> str:
 class Session:
     """What one session knows: its subscription, its liveness clocks, and why it ended."""
 
-    def __init__(self, reader: OpcUaReader) -> None:
+    def __init__(self, reader: SessionOwner) -> None:
         self.reader = reader
         self.lost = asyncio.Event()
         self.reason = "session ended"
