@@ -63,10 +63,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    if args.desired is not None:
+        return _validate_desired(config, args.config, args.desired)
     print(
         f"{args.config}: valid ({len(config.sources)} source(s), "
         f"{len(config.publisher.destinations)} destination(s), thing {config.gateway.thing_name})"
     )
+    return EXIT_OK
+
+
+def _validate_desired(local: GatewayConfig, config_path: Path, path: Path) -> int:
+    """Judge a desired document as the running gateway would (control/desired.py's ``effective_config``): the
+    file holds the desired state itself, or a whole shadow update request (``{"state": {"desired": ...}}``)."""
+    from edge_gateway.config.diff import diff  # noqa: PLC0415 - only with --desired
+    from edge_gateway.control.desired import effective_config  # noqa: PLC0415
+    from edge_gateway.util.jsondoc import loads  # noqa: PLC0415
+
+    try:
+        doc = loads(path.read_bytes())
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError too
+        print(f"{path}: not valid JSON ({exc}); a desired document is the JSON the shadow would hold", file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(doc, dict) and set(doc) <= {"state", "clientToken", "version"} and isinstance(doc.get("state"), dict):
+        doc = doc["state"].get("desired", {})  # the update request an operator would send
+    try:
+        new = effective_config(local, doc)
+    except ConfigError as exc:
+        print(f"{path}: the gateway would reject it against {config_path}:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: accepted against {config_path}: {diff(local, new).describe()}")
     return EXIT_OK
 
 
@@ -188,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a config file; print every error with its field path")
     validate.add_argument("--config", type=Path, required=True)
+    validate.add_argument(
+        "--desired",
+        type=Path,
+        help="also check a shadow desired document (JSON) against the config as the running gateway would: "
+        "every error with its path and exit 2 when it would be rejected, else what would change",
+    )
     validate.set_defaults(func=cmd_validate)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the device shadow's desired document")

@@ -30,6 +30,10 @@ Options for tests (all off by default, so the plain simulator is what it always 
 - ``--max-per-call N``: advertise N as MaxNodesPerRead / MaxNodesPerRegisterNodes /
   MaxMonitoredItemsPerCall and answer larger Read and CreateMonitoredItems requests with
   BadTooManyOperations, as a real PLC does.
+- ``--huge``: variables far over the gateway's size limits, under Objects/Huge (built only with this
+  option, so the plain simulator stays small and fast): ``ns=2;s=Huge.String`` (a 52,428,800-byte
+  String), ``Huge.Array`` (Int32[10,000,000], 40 MB on the wire), ``Huge.Medium`` (a 2 MiB String) and
+  ``Huge.MediumArray`` (Double[300,000]); the last two fit in a message but not in one value.
 - Control methods under Objects/Sim, callable by any client: ``Sim.FreezeSubscriptions()`` stops every
   subscription's publishing (no data, no keep-alives) while sessions stay open and reads still work,
   as a wedged PLC firmware does; returns how many it froze. ``Sim.SetBulkStatus(code)`` writes every
@@ -41,6 +45,11 @@ Start-up takes about 1.5 s, nearly all of it asyncua loading the standard addres
 Run alone: ``python -m simulators.opcua_plc --port 4840 [--host 127.0.0.1] [--tick-ms 100] [options]``;
 prints ``READY opc.tcp://HOST:PORT`` and then ``nodes: <NodeId>, …`` once it serves, and stops cleanly
 on SIGINT/SIGTERM. In a test: ``async with OpcUaPlc(port=free_port(), tick_ms=50) as plc: … plc.counter``.
+
+Module split: the address space (names, node ids, bulk values) is ``simulators/opcua_address.py``; what
+makes the asyncua server behave like a PLC (security, users, operation limits, the transfer fix) is
+``simulators/opcua_server.py``; this module is the ticking process and the command line, and re-exports
+the address-space names tests import from here.
 """
 
 from __future__ import annotations
@@ -51,106 +60,51 @@ import datetime as dt
 import logging
 import math
 import random
-import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from asyncua import ua
 from asyncua.common.node import Node
-from asyncua.common.utils import ServiceError
-from asyncua.crypto import cert_gen
-from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
-from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from simulators import opcua_server
+from simulators.opcua_address import (
+    BULK_PER_FOLDER,
+    BULK_TYPES,
+    EPOCH,
+    HUGE,
+    INITIAL,
+    NAMESPACE,
+    NAMESPACE_INDEX,
+    TAGS,
+    bulk_node_id,
+    bulk_value,
+    huge_node_id,
+    node_id,
+)
+from simulators.opcua_server import APPLICATION_URI, SECURE_POLICIES
 from simulators.ticking import TickingSimulator
 
-NAMESPACE = "urn:edge-gateway:sim:opcua"
-NAMESPACE_INDEX = 2
-
-TAGS: dict[str, ua.VariantType] = {
-    "Counter": ua.VariantType.UInt32,
-    "Temperature": ua.VariantType.Double,
-    "Pressure": ua.VariantType.Float,
-    "Speed": ua.VariantType.Int32,
-    "Running": ua.VariantType.Boolean,
-    "State": ua.VariantType.String,
-    "Level": ua.VariantType.Double,
-    "Setpoints": ua.VariantType.Double,  # an array
-    "BatchStart": ua.VariantType.DateTime,
-}
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_INITIAL: dict[str, Any] = {
-    "Counter": 0,
-    "Temperature": 0.0,
-    "Pressure": 0.0,
-    "Speed": 0,
-    "Running": False,
-    "State": "",
-    "Level": 0.0,
-    "Setpoints": [0.0, 0.0, 0.0],
-    "BatchStart": _EPOCH,
-}
-_RUN_PERIOD_TICKS = 200
-_BATCH_TICKS = 100
-BULK_TYPES: tuple[ua.VariantType, ...] = (
-    ua.VariantType.Boolean,
-    ua.VariantType.Int32,
-    ua.VariantType.UInt32,
-    ua.VariantType.Double,
-    ua.VariantType.String,
-    ua.VariantType.Double,  # an array of 2
-)
-_BULK_PER_FOLDER = 50
-APPLICATION_URI = "urn:edge-gateway:sim:opcua:server"
-SECURE_POLICIES = [
-    ua.SecurityPolicyType.Basic256Sha256_Sign,
-    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
-    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
-    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
-    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+__all__ = [
+    "APPLICATION_URI",
+    "BULK_TYPES",
+    "HUGE",
+    "NAMESPACE",
+    "NAMESPACE_INDEX",
+    "SECURE_POLICIES",
+    "TAGS",
+    "OpcUaPlc",
+    "bulk_node_id",
+    "bulk_value",
+    "huge_node_id",
+    "main",
+    "node_id",
 ]
 
-
-def node_id(tag: str) -> str:
-    return f"ns={NAMESPACE_INDEX};s=Line1.{tag}"
-
-
-def bulk_node_id(i: int) -> str:
-    return f"ns={NAMESPACE_INDEX};s=Bulk.{i:05d}"
-
-
-def bulk_value(i: int, step: int) -> bool | int | float | str | list[float]:
-    """The value bulk variable ``i`` holds after ``step`` changes (0 = initial)."""
-    kind = i % len(BULK_TYPES)
-    return (
-        step % 2 == 1,
-        step - 1000,
-        step,
-        step + i / 1000,
-        f"s{step}",
-        [float(step), float(i)],
-    )[kind]
-
-
-class _Users:
-    """asyncua user manager: only the configured user, never anonymous."""
-
-    def __init__(self, users: dict[str, str]) -> None:
-        self.users = users
-
-    def get_user(
-        self, _iserver: object, username: str | None = None, password: str | None = None, certificate: object = None
-    ) -> User | None:
-        del certificate
-        if username is not None and self.users.get(username) == password:
-            return User(role=UserRole.User, name=username)
-        return None
+_RUN_PERIOD_TICKS = 200
+_BATCH_TICKS = 100
 
 
 class OpcUaPlc(TickingSimulator):
@@ -165,18 +119,20 @@ class OpcUaPlc(TickingSimulator):
         pki: Path | None = None,
         users: dict[str, str] | None = None,
         max_per_call: int = 0,
+        huge: bool = False,
     ) -> None:
         self.host, self.port, self.tick_s = host, port, tick_ms / 1000
         self.counter = 0  # the value of Line1.Counter last written
         self.bulk, self.bulk_changes = bulk, bulk if bulk_changes is None else bulk_changes
         self.pki, self.users, self.max_per_call = pki, users or {}, max_per_call
         self.bulk_status = StatusCodes.Good
+        self.huge = huge
         self._bulk_steps = [0] * bulk
         self._bulk_next = 0
         self._bulk_ids = [ua.NodeId.from_string(bulk_node_id(i)) for i in range(bulk)]
         self._tick = 0
         self._rng = random.Random(7)
-        self._batch_start = _EPOCH
+        self._batch_start = EPOCH
         self._server: Server | None = None
         self._nodes: dict[str, Node] = {}
 
@@ -282,84 +238,11 @@ class OpcUaPlc(TickingSimulator):
         folder = bulk
         for i in range(self.bulk):
             # asyncua checks every sibling when adding a node: 10,000 in one folder would take minutes.
-            if i % _BULK_PER_FOLDER == 0:
-                name = f"G{i // _BULK_PER_FOLDER:03d}"
+            if i % BULK_PER_FOLDER == 0:
+                name = f"G{i // BULK_PER_FOLDER:03d}"
                 folder = await bulk.add_folder(f"ns={idx};s=Bulk.{name}", name)
             vtype = BULK_TYPES[i % len(BULK_TYPES)]
             await folder.add_variable(bulk_node_id(i), f"B{i:05d}", ua.Variant(bulk_value(i, 0), vtype))
-
-    @staticmethod
-    def _fix_transfer(server: Server) -> None:
-        """asyncua 2.1's TransferSubscriptions hands the subscription's publish *responses* to the new
-        session but keeps taking publish *requests* from the old, dead one, so a transferred subscription
-        never publishes again. Real servers move both; so does the simulator."""
-        subs = server.iserver.subscription_service
-        transfer = subs.transfer_subscriptions
-
-        async def transfer_both(
-            params: ua.TransferSubscriptionsParameters, session_id: ua.NodeId, callback: Callable[..., Any]
-        ) -> list[ua.TransferResult]:
-            results = await transfer(params, session_id, callback)
-            processor = getattr(callback, "__self__", None)
-            for sub_id, result in zip(params.SubscriptionIds, results, strict=True):
-                sub = subs.subscriptions.get(int(sub_id))
-                if sub is not None and processor is not None and result.StatusCode.is_good():
-                    sub.pub_request_callback = processor.get_publish_request
-            return results
-
-        subs.transfer_subscriptions = transfer_both  # type: ignore[method-assign]
-
-    def _enforce_limits(self, server: Server) -> None:
-        """Advertised limits are also enforced, so a client that ignores them fails here as on a PLC."""
-        limit = self.max_per_call
-        if not limit:
-            return
-        subs = server.iserver.subscription_service
-        create = subs.create_monitored_items
-        attributes = server.iserver.attribute_service
-        read = attributes.read
-
-        async def limited_create(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
-            if len(params.ItemsToCreate) > limit:
-                raise ServiceError(StatusCodes.BadTooManyOperations)
-            return await create(params)
-
-        def limited_read(params: ua.ReadParameters) -> list[ua.DataValue]:
-            if len(params.NodesToRead) > limit:
-                raise ServiceError(StatusCodes.BadTooManyOperations)
-            return read(params)
-
-        subs.create_monitored_items = limited_create  # type: ignore[method-assign]
-        attributes.read = limited_read  # type: ignore[method-assign]
-
-    async def _set_limits(self, server: Server) -> None:
-        if not self.max_per_call:
-            return
-        for oid in (
-            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
-            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRegisterNodes,
-            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
-        ):
-            await server.write_attribute_value(
-                ua.NodeId(ua.Int32(oid)), ua.DataValue(ua.Variant(self.max_per_call, ua.VariantType.UInt32))
-            )
-
-    async def _secure(self, server: Server) -> None:
-        if self.pki is None:
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-            return
-        self.pki.mkdir(parents=True, exist_ok=True)
-        key, cert = self.pki / "server_key.pem", self.pki / "server_cert.der"
-        await cert_gen.setup_self_signed_certificate(
-            key, cert, APPLICATION_URI, socket.gethostname(), [ExtendedKeyUsageOID.SERVER_AUTH], {}
-        )
-        await server.set_application_uri(APPLICATION_URI)
-        await server.load_certificate(str(cert))
-        await server.load_private_key(str(key))
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity, *SECURE_POLICIES])
-        if self.users:
-            server.iserver.user_manager = _Users(self.users)  # type: ignore[assignment]
-            server.set_identity_tokens([ua.UserNameIdentityToken])
 
     async def _serve(self) -> None:
         server = Server()
@@ -370,17 +253,21 @@ class OpcUaPlc(TickingSimulator):
             raise RuntimeError(msg)
         server.set_endpoint(self.url)
         server.set_server_name("edge-gateway OPC UA PLC simulator")
-        await self._secure(server)
+        await opcua_server.secure(server, self.pki, self.users)
         line = await server.nodes.objects.add_folder(f"ns={idx};s=Line1", "Line1")
         for tag, vtype in TAGS.items():
-            self._nodes[tag] = await line.add_variable(node_id(tag), tag, ua.Variant(_INITIAL[tag], vtype))
+            self._nodes[tag] = await line.add_variable(node_id(tag), tag, ua.Variant(INITIAL[tag], vtype))
         await self._add_bulk(server, idx)
+        if self.huge:
+            folder = await server.nodes.objects.add_folder(f"ns={idx};s=Huge", "Huge")
+            for name, (vtype, make) in HUGE.items():
+                await folder.add_variable(huge_node_id(name), name, ua.Variant(make(), vtype))
         await self._add_controls(server, idx)
         await self._write_tick()  # counter = 1 before anyone can connect
         await server.start()
-        await self._set_limits(server)
-        self._enforce_limits(server)
-        self._fix_transfer(server)
+        await opcua_server.set_limits(server, self.max_per_call)
+        opcua_server.enforce_limits(server, self.max_per_call)
+        opcua_server.fix_transfer(server)
         self._server = server
 
     async def _shutdown(self) -> None:
@@ -400,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pki", type=Path, default=None, help="serve secured endpoints, server certificate here")
     parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD", help="require this user")
     parser.add_argument("--max-per-call", type=int, default=0, help="advertised and enforced operation limit")
+    parser.add_argument("--huge", action="store_true", help="add the oversized variables under Objects/Huge")
     args = parser.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user)
     if users and args.pki is None:
@@ -416,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         pki=args.pki,
         users=users,
         max_per_call=args.max_per_call,
+        huge=args.huge,
     )
     asyncio.run(plc.run_until_signal("nodes: " + ", ".join(node_id(t) for t in TAGS)))
     return 0

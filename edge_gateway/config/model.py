@@ -2,8 +2,11 @@
 
 Pydantic v2 models, ``extra="forbid"`` and frozen everywhere, so a typo is an error that names its
 field. Sources and destinations are discriminated unions on ``type``. Durations and sizes carry their
-unit in the name. ``load_config(path)`` reads JSON or YAML and raises ``ConfigError`` listing every
-field error as ``path: message``; nothing is started before the whole document validates.
+unit in the name; every number has a minimum and a maximum. ``load_config(path)`` reads JSON or YAML and
+raises ``ConfigError`` listing every field error as ``path: message``; nothing is started before the whole
+document validates, including what no single field shows: every formatted topic within IoT Core's limits
+and off the status and audit topics (config/topics.py), and the sums over all sources within ``limits``
+(config/budget.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,26 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_gateway.config.common import BASE_DIR, NAME_PATTERN, LocalPath, Model, Reconnecting, check_unique
+from edge_gateway.config.budget import LimitsSettings, budget_errors
+from edge_gateway.config.common import (
+    BASE_DIR,
+    DOCUMENT_ERRORS,
+    NAME_PATTERN,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    LocalPath,
+    Model,
+    Reconnecting,
+    check_unique,
+    document_errors,
+)
+from edge_gateway.config.topics import (
+    SITEWISE_TYPES,
+    TopicTemplate,
+    check_publish_template,
+    check_template,
+    topic_errors,
+)
 from edge_gateway.errors import ConfigError, FieldError
 from edge_gateway.sources.modbus.config import ModbusTcpSource
 from edge_gateway.sources.opcua.config import OpcUaSource
@@ -35,10 +57,10 @@ class BufferSettings(Model):
     type: Literal["disk", "memory"] = "disk"
     # Default: <data_dir>/buffer
     path: LocalPath | None = None
-    max_bytes: int = Field(default=1 << 30, ge=1 << 20)
-    max_age_s: float = Field(default=7 * 86400, gt=0)
+    max_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
+    max_age_s: float = Field(default=7 * 86400, ge=1, le=366 * 86400)
     when_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
-    segment_bytes: int = Field(default=8 << 20, ge=4096)
+    segment_bytes: int = Field(default=8 << 20, ge=4096, le=1 << 30)
     # 0 = fsync every group commit (default); N > 0 = at most one fsync per N ms (appends still return
     # only once their bytes are written, and are durable within N ms).
     fsync_interval_ms: int = Field(default=0, ge=0, le=10_000)
@@ -89,7 +111,7 @@ class MqttSettings(Reconnecting):
     ack_timeout_s: int = Field(default=10, ge=1, le=600)
     # awscrt resets its backoff only after 30 s connected: a low ceiling keeps a flapping link from
     # leaving the gateway offline for minutes after the network is back.
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, ge=RECONNECT_MIN_S, le=RECONNECT_MAX_S)
     # Keep awscrt's AWS IoT Core flow control (100 publishes/s, ~512 KiB/s) on; turn off only for a
     # local broker in benchmarks.
     iot_core_flow_control: bool = True
@@ -122,7 +144,7 @@ class DestinationBase(Model):
     # PUBACK reason codes that are refusals for good: the message goes to the dead-letter file instead of
     # being retried. Default: not authorized (135), topic name invalid (144), packet too large (149),
     # payload format invalid (153). Remove 135 to hold the backlog and retry while a policy is fixed.
-    dead_letter_codes: tuple[int, ...] = (0x87, 0x90, 0x95, 0x99)
+    dead_letter_codes: tuple[int, ...] = Field(default=(0x87, 0x90, 0x95, 0x99), max_length=128)
 
     @field_validator("dead_letter_codes")
     @classmethod
@@ -137,12 +159,12 @@ class DestinationBase(Model):
 class IotCoreDestination(DestinationBase):
     type: Literal["iotcore"]
     # A Basic Ingest topic ($aws/rules/<rule>/...) skips the message broker's charges.
-    topic: str = Field(default="dt/{thing}/{source}", min_length=1)
+    topic: str = Field(default="dt/{thing}/{source}", min_length=1, max_length=1000)
 
     @field_validator("topic")
     @classmethod
     def _topic_shape(cls, topic: str) -> str:
-        return _publish_topic(topic, {"thing", "source"})
+        return check_publish_template(topic, {"thing", "source"})
 
 
 class SiteWiseDestination(DestinationBase):
@@ -150,19 +172,19 @@ class SiteWiseDestination(DestinationBase):
 
     type: Literal["sitewise"]
     # One rule per value type ({type}: double, integer, boolean, string), Basic Ingest by default.
-    topic: str = Field(default="$aws/rules/edge_sitewise_{type}/{thing}/{source}", min_length=1)
+    topic: str = Field(default="$aws/rules/edge_sitewise_{type}/{thing}/{source}", min_length=1, max_length=1000)
     # The SiteWise property alias of a point; placeholders {thing}, {source}, {point}.
     alias: str = Field(default="/{thing}/{source}/{point}", min_length=1, max_length=1000)
 
     @field_validator("topic")
     @classmethod
     def _topic_shape(cls, topic: str) -> str:
-        return _publish_topic(topic, {"thing", "source", "type"})
+        return check_publish_template(topic, {"thing", "source", "type"})
 
     @field_validator("alias")
     @classmethod
     def _alias_shape(cls, alias: str) -> str:
-        return _only_placeholders(alias, {"thing", "source", "point"})
+        return check_template(alias, {"thing", "source", "point"})
 
 
 DestinationConfig = Annotated[IotCoreDestination | SiteWiseDestination, Field(discriminator="type")]
@@ -172,13 +194,13 @@ class DeadLetterSettings(Model):
     # What the cloud can never take (a permanent refusal, a value SiteWise cannot accept): JSON lines.
     # Default path: <data_dir>/dead-letter.jsonl. Disk use is at most (max_files + 1) * max_file_bytes.
     path: LocalPath | None = None
-    max_file_bytes: int = Field(default=16 << 20, ge=4096)
+    max_file_bytes: int = Field(default=16 << 20, ge=4096, le=1 << 30)
     max_files: int = Field(default=4, ge=0, le=100)
 
 
 class PublisherSettings(Model):
     mqtt: MqttSettings
-    destinations: list[DestinationConfig] = Field(min_length=1)
+    destinations: list[DestinationConfig] = Field(min_length=1, max_length=32)
     dead_letter: DeadLetterSettings = DeadLetterSettings()
 
     @field_validator("destinations")
@@ -191,7 +213,8 @@ class PublisherSettings(Model):
 class StatusSettings(Model):
     # A small JSON file the running gateway rewrites so `edge-gateway status` and the demo can show it.
     file: LocalPath | None = None
-    interval_s: float = Field(default=2.0, gt=0, le=3600)
+    # At least 0.2 s (tests/faults watch the status that closely): a rewrite costs a small fsync'd file.
+    interval_s: float = Field(default=2.0, ge=0.2, le=3600)
 
 
 class HeartbeatSettings(Model):
@@ -201,7 +224,7 @@ class HeartbeatSettings(Model):
 
     interval_s: float = Field(default=60.0, ge=1, le=86_400)
     # Placeholder: {thing}. A Basic Ingest topic ($aws/rules/<rule>/...) works too.
-    topic: str = Field(default="dt/{thing}/status", min_length=1)
+    topic: str = Field(default="dt/{thing}/status", min_length=1, max_length=1000)
     # The health summary goes to the shadow only when something material changed, at most this often.
     shadow_min_interval_s: float = Field(default=300.0, ge=1, le=86_400)
     shadow_report: bool = True
@@ -209,7 +232,7 @@ class HeartbeatSettings(Model):
     @field_validator("topic")
     @classmethod
     def _status_topic(cls, topic: str) -> str:
-        return _publish_topic(topic, {"thing"})
+        return check_publish_template(topic, {"thing"})
 
 
 class MetricsSettings(Model):
@@ -228,15 +251,15 @@ class AuditSettings(Model):
     enabled: bool = True
     dir: LocalPath | None = None  # default <data_dir>/audit
     # Placeholder: {thing}. Also carries the data provenance declarations (docs/message-format.md).
-    topic: str = Field(default="dt/{thing}/audit", min_length=1)
-    max_file_bytes: int = Field(default=16 << 20, ge=4096)
+    topic: str = Field(default="dt/{thing}/audit", min_length=1, max_length=1000)
+    max_file_bytes: int = Field(default=16 << 20, ge=4096, le=1 << 30)
     # None keeps every file for the archive job to collect; N deletes the oldest beyond N.
-    max_files: int | None = Field(default=None, ge=1)
+    max_files: int | None = Field(default=None, ge=1, le=100_000)
 
     @field_validator("topic")
     @classmethod
     def _audit_topic(cls, topic: str) -> str:
-        return _publish_topic(topic, {"thing"})
+        return check_publish_template(topic, {"thing"})
 
 
 class ShadowSettings(Model):
@@ -245,29 +268,53 @@ class ShadowSettings(Model):
     enabled: bool = True
     name: str = Field(default="edge-gateway", pattern=r"^[a-zA-Z0-9:_\-]{1,64}$")
     # How long to wait for an answer from the shadow service before asking again (with backoff).
-    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    request_timeout_s: float = Field(default=10.0, ge=0.5, le=300)
     # After applying a change: if the cloud connection stays down, or a changed source does not connect,
     # for this long, the previous config is restored and "rolled_back" reported.
     confirm_window_s: float = Field(default=120.0, ge=1, le=3600)
+    # Endpoints ("host" or "host:port") the shadow may move the cloud connection to. Empty (the default):
+    # the endpoint and port are local only. The local file's own endpoint is always allowed.
+    allowed_endpoints: tuple[str, ...] = ()
+    # Hosts or CIDRs (IPv4/IPv6) that sources the shadow adds or moves may connect to. None (the default):
+    # the hosts the local file's sources already name.
+    allowed_source_hosts: tuple[str, ...] | None = None
 
 
 class GatewayConfig(Model):
     version: Literal[1] = 1
     gateway: GatewaySettings
     buffer: BufferSettings = BufferSettings()
-    sources: list[SourceConfig] = Field(min_length=1)
+    sources: list[SourceConfig] = Field(min_length=1, max_length=1000)
     publisher: PublisherSettings
     status: StatusSettings = StatusSettings()
     heartbeat: HeartbeatSettings = HeartbeatSettings()
     metrics: MetricsSettings = MetricsSettings()
     audit: AuditSettings = AuditSettings()
     shadow: ShadowSettings = ShadowSettings()
+    limits: LimitsSettings = LimitsSettings()
 
     @field_validator("sources")
     @classmethod
     def _unique_source_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
         check_unique([s.name for s in sources], "name")
         return sources
+
+    @model_validator(mode="after")
+    def _whole_document(self) -> Self:
+        """Topics formatted with the real names, and the sums over all sources (config/topics.py, budget.py)."""
+        dests = [
+            TopicTemplate(
+                f"publisher.destinations.{i}.{d.type}", d.topic, SITEWISE_TYPES if d.type == "sitewise" else ()
+            )
+            for i, d in enumerate(self.publisher.destinations)
+        ]
+        reserved = [("heartbeat", self.status_topic), ("audit", self.audit_topic)]
+        errors = topic_errors(self.gateway.thing_name, [s.name for s in self.sources], dests, reserved)
+        loads = [(f"sources.{i}.{s.type}", s.name, s.load) for i, s in enumerate(self.sources)]
+        errors += budget_errors(self.limits, loads)
+        if errors:
+            raise document_errors(errors)
+        return self
 
     @property
     def client_id(self) -> str:
@@ -310,33 +357,14 @@ class GatewayConfig(Model):
         return self.gateway.data_dir / "shadow" / f"{self.shadow.name}.applied.json"
 
 
-def _only_placeholders(template: str, allowed: set[str]) -> str:
-    unknown = set(_placeholders(template)) - allowed
-    if unknown:
-        names = ", ".join("{" + a + "}" for a in sorted(allowed))
-        msg = f"unknown placeholder(s) {sorted(unknown)}; allowed: {names}"
-        raise ValueError(msg)
-    return template
-
-
-def _publish_topic(topic: str, allowed: set[str]) -> str:
-    _only_placeholders(topic, allowed)
-    if "#" in topic or "+" in topic:
-        msg = "a publish topic cannot contain MQTT wildcards '#' or '+'"
-        raise ValueError(msg)
-    return topic
-
-
-def _placeholders(template: str) -> list[str]:
-    import string  # noqa: PLC0415 - only needed for validation
-
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-
-
 def field_errors(exc: ValidationError) -> list[FieldError]:
     errors = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in err["loc"]) or "(document)"
+        if err["type"] == DOCUMENT_ERRORS:  # config/common.py: several paths in one error
+            prefix = f"{path}." if err["loc"] else ""
+            errors += [FieldError(prefix + where, message) for where, message in err["ctx"]["errors"]]
+            continue
         if err["type"] == _MISSING_FOR_DIRECT:
             errors += [FieldError(f"{path}.{name}", "Field required") for name in err["ctx"]["missing"].split(",")]
             continue

@@ -11,11 +11,21 @@ Protocol (AWS IoT Device Shadow over MQTT, named shadow ``shadow.name`` on the g
   stays, so the delta stays visible to the operator.
 - The same desired content is handled once: a repeated delta (a report that leaves desired and reported
   different, e.g. after a rejection, makes the service publish another) does not re-apply or re-report it.
-- After a change, ``confirm_window_s`` decides: confirmed once the cloud connection is up and every added or
-  changed source has connected; if the connection stays down or such a source does not connect for the
-  whole window, the previous config is restored and ``"rolled_back"`` reported with the reason (when back
-  online). That desired content is not applied again until it changes, across restarts too. Only a
-  confirmed config is saved as the last good one.
+- After a change, ``confirm_window_s`` decides: confirmed once the cloud connection is up, every added or
+  changed source has connected and every added or changed destination (every destination, when the MQTT
+  connection changed) got a successful PUBACK for a message sent since the change. A destination that had
+  nothing to send counts as confirmed at the end of the window if it had no failure since the change,
+  nothing in flight, and the connection is up. Rolled back: the connection down for the whole window, such a
+  source not connected or such a destination not acknowledged at its end, or at once when the broker
+  refuses a destination's message for good (e.g. 135, not authorized: a policy refusal). Rolling back
+  restores the previous config and reports ``"rolled_back"`` with the reason (when back online). That
+  desired content is not applied again until it changes, across restarts too. Only a confirmed config is
+  saved as the last good one.
+- The audit trail fails closed (docs/gxp.md): a valid change is refused (``"rejected"``, error path
+  ``(audit)``, nothing applied) while the trail cannot be written (it could not be opened at start, or
+  ``AuditRecorder.check_writable`` fails); a confirmed change whose ``config.applied`` entry cannot be
+  written is rolled back. Data collection goes on regardless. Entries carry the old and new values of
+  every changed field, rejections the offending values (gxp/audit_values.py), secrets masked.
 - A request that gets no answer within ``request_timeout_s``, or a 429/500 from the service, is asked again
   with jittered backoff; a 404 on ``get`` means no shadow yet: the gateway reports what it runs.
 - ``reported`` keys the new mirror no longer has are sent as ``null`` (the service merges updates).
@@ -33,14 +43,17 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from edge_gateway.config.diff import ConfigDiff, config_hash
+from edge_gateway.config.diff import ConfigDiff, config_hash, diff
 from edge_gateway.config.model import GatewayConfig
+from edge_gateway.control.confirm import probation, snapshot
 from edge_gateway.control.desired import AppliedConfig, effective_config
 from edge_gateway.errors import ConfigError, GatewayError, PublishError
-from edge_gateway.gxp.audit import CONFIG_APPLIED, CONFIG_REJECTED, CONFIG_ROLLED_BACK, changed_paths
+from edge_gateway.gxp.audit import CONFIG_APPLIED, CONFIG_REJECTED, CONFIG_ROLLED_BACK, AuditError, changed_paths
+from edge_gateway.gxp.audit_values import changed_values, offending_values
 from edge_gateway.gxp.recorder import AuditRecorder
+from edge_gateway.publish.publisher import Publisher
 from edge_gateway.publish.transport.base import Transport
-from edge_gateway.sources.base import Source, SourceState
+from edge_gateway.sources.base import Source
 from edge_gateway.util.backoff import Backoff
 from edge_gateway.util.jsondoc import canonical, loads, removed_as_null, sha256
 
@@ -48,13 +61,13 @@ _log = logging.getLogger(__name__)
 
 _RETRYABLE_CODES = frozenset({429, 500, 503})
 _NOT_FOUND = 404
-_PROBE_S = 0.25
 
 
 class Reconfigurable(Protocol):
     """What the shadow agent needs of the running gateway (runtime/supervisor.py): the configs it builds
-    on, the connection its requests go through, the sources it watches during a confirm window, the audit
-    trail, and ``apply`` (switch to a validated config by diff)."""
+    on, the connection its requests go through, the sources and publishers it watches during a confirm
+    window, the audit trail (None when disabled, or when it could not be opened: then ``audit_error`` says
+    why), and ``apply`` (switch to a validated config by diff)."""
 
     @property
     def config(self) -> GatewayConfig: ...
@@ -67,7 +80,11 @@ class Reconfigurable(Protocol):
     @property
     def sources(self) -> Sequence[Source]: ...
     @property
+    def publishers(self) -> Sequence[Publisher]: ...
+    @property
     def audit(self) -> AuditRecorder | None: ...
+    @property
+    def audit_error(self) -> str | None: ...
     async def apply(self, new: GatewayConfig) -> ConfigDiff: ...
 
 
@@ -194,7 +211,6 @@ class ShadowAgent:
         try:
             new = effective_config(self.gateway.local, desired)
         except ConfigError as exc:
-            self._handled = key
             errors = [{"path": e.path, "message": e.message} for e in exc.errors]
             _log.error(
                 "shadow %s: desired version %s rejected, the running config is unchanged: %s",
@@ -202,15 +218,15 @@ class ShadowAgent:
                 version,
                 "; ".join(str(e) for e in exc.errors),
             )
-            changed = changed_paths(self._mirror, desired)
-            try:  # a report that does not get through is sent again later; the outcome is final now
-                await self._report({**self._outcome("rejected", version), "errors": errors})
-            finally:
-                await self._audit(
-                    CONFIG_REJECTED, None, version, desired_hash=sha256(desired), changed=changed, reasons=errors
-                )
+            await self._reject(desired, version, key, errors, offending=offending_values(desired, errors))
+            return
+        refusal = None if diff(self.gateway.config, new).empty else await self._audit_refusal()
+        if refusal is not None:
+            _log.error("shadow %s: desired version %s refused: %s", self.settings.name, version, refusal)
+            await self._reject(desired, version, key, [{"path": "(audit)", "message": refusal}])
             return
         previous, previous_mirror = self.gateway.config, self._mirror
+        before = snapshot(self.gateway.publishers)
         change = await self.gateway.apply(new)
         self._handled = key
         _log.info(
@@ -222,10 +238,17 @@ class ShadowAgent:
         applied = {**self._outcome("applied", version), "changes": change.describe()}
         with contextlib.suppress(_RetryError):  # the change may have cut the connection: judged below
             await self._report(applied, mirror=desired)
-        problem = None if change.empty else await self._probation(change)
+        problem = (
+            None if change.empty else await probation(self.gateway, change, before, self.settings.confirm_window_s)
+        )
+        if (
+            problem is None
+            and not change.empty
+            and not await self._audit(CONFIG_APPLIED, new, version, before=previous)
+        ):
+            audit = self.gateway.audit  # fail closed: a change in effect is a change on the record
+            problem = _audit_message(audit.write_error if audit is not None else None)
         if problem is None:
-            if not change.empty:
-                await self._audit(CONFIG_APPLIED, new, version, before=previous)
             self._applied = AppliedConfig(version or 0, desired, config_hash(new))
             await asyncio.to_thread(self._applied.save, self.path)
             return
@@ -241,36 +264,42 @@ class ShadowAgent:
         finally:
             await self._audit(CONFIG_ROLLED_BACK, new, version, before=previous, reason=problem)
 
-    async def _probation(self, change: ConfigDiff) -> str | None:
-        """None once the cloud connection is up and every added or changed source has connected; else why
-        not, after ``confirm_window_s`` of the connection down or a source not connecting."""
-        transport, window = self.gateway.transport, self.settings.confirm_window_s
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        down_since: float | None = None
-        waiting = set(change.sources_added + change.sources_changed)
-        while True:
-            now = loop.time()
-            sources = {s.name: s.status for s in self.gateway.sources}
-            waiting = {n for n in waiting if n in sources and sources[n].state is not SourceState.CONNECTED}
-            if transport.connected:
-                if not waiting:
-                    return None
-                down_since = None
-            elif down_since is None:
-                down_since = now
-            if down_since is not None and now - down_since >= window:
-                st = transport.status
-                return (
-                    f"no cloud connection to {st.endpoint}:{st.port} for {window:.0f} s after the change"
-                    f" (last error: {st.last_error or 'none'})"
-                )
-            if waiting and now - started >= window:
-                return "; ".join(
-                    f"source {n} did not connect within {window:.0f} s (last error: {sources[n].last_error or 'none'})"
-                    for n in sorted(waiting)
-                )
-            await asyncio.sleep(_PROBE_S)
+    async def _reject(
+        self,
+        desired: Any,  # noqa: ANN401 - raw JSON
+        version: int | None,
+        key: bytes,
+        errors: list[dict[str, str]],
+        *,
+        offending: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Report and record a refusal; the running config is untouched."""
+        self._handled = key
+        try:  # a report that does not get through is sent again later; the outcome is final now
+            await self._report({**self._outcome("rejected", version), "errors": errors})
+        finally:
+            await self._audit(
+                CONFIG_REJECTED,
+                None,
+                version,
+                desired_hash=sha256(desired),
+                changed=changed_paths(self._mirror, desired),
+                values=changed_values(self._mirror, desired),
+                reasons=errors,
+                offending=offending,
+            )
+
+    async def _audit_refusal(self) -> str | None:
+        """Why no change may be applied now because the audit trail cannot be written; None if it can."""
+        audit = self.gateway.audit
+        if audit is None:
+            error = self.gateway.audit_error
+            return None if error is None else _audit_message(error)
+        try:
+            await audit.check_writable()
+        except AuditError as exc:
+            return _audit_message(str(exc))
+        return None
 
     async def _audit(
         self,
@@ -280,18 +309,20 @@ class ShadowAgent:
         *,
         before: GatewayConfig | None = None,
         **fields: Any,  # noqa: ANN401 - the event's own fields
-    ) -> None:
-        """One final outcome into the audit trail (gxp/recorder.py), when the gateway keeps one."""
+    ) -> bool:
+        """One final outcome into the audit trail (gxp/recorder.py), when the gateway keeps one; False if
+        it could not be written."""
         audit = self.gateway.audit
-        if audit is not None:
-            await audit.config_event(
-                event,
-                before=before or self.gateway.config,
-                after=after,
-                shadow_version=version,
-                client_token=self.last_token,
-                **fields,
-            )
+        if audit is None:
+            return self.gateway.audit_error is None
+        return await audit.config_event(
+            event,
+            before=before or self.gateway.config,
+            after=after,
+            shadow_version=version,
+            client_token=self.last_token,
+            **fields,
+        )
 
     def _outcome(self, status: str, version: int | None) -> dict[str, Any]:
         return {
@@ -326,6 +357,14 @@ class ShadowAgent:
             if mirror is not None:
                 self._mirror = mirror
         self._unsent = None
+
+
+def _audit_message(error: str | None) -> str:
+    return (
+        f"the audit trail cannot be written: {error or 'unknown error'}. No configuration change is applied "
+        "while it cannot (data collection goes on); repair it (edge-gateway audit verify, docs/gxp.md), restart "
+        "the gateway or send the change again"
+    )
 
 
 class _RetryError(GatewayError):

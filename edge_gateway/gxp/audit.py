@@ -20,7 +20,8 @@ Each line is one entry, UTF-8 JSON in canonical form (keys sorted, no spaces, ``
 Invariants: one writer per directory (``.writer.lock``, an ``flock`` released when the process dies; a
 second ``AuditTrail`` on the directory raises ``AuditError``); an entry is written with one ``write`` of
 the whole line followed by ``fsync`` before ``append`` returns (durable); nothing is ever rewritten in
-place. Rotation: before an append that would
+place; an append whose file was deleted, moved or replaced while the writer ran fails (``AuditError``)
+rather than write into a file no one will read. Rotation: before an append that would
 take the current file past ``max_file_bytes``, a new file is started (directory fsync'd); its first entry's
 ``prev`` is the hash of the previous file's last entry, so the chain runs across files. Old files are kept
 (``max_files=None``); with ``max_files=N`` the oldest are deleted beyond N, which is only for devices
@@ -29,31 +30,14 @@ archive job's, see docs/gxp.md. ``verify`` of a directory whose older files were
 works from the first remaining file and reports that the chain starts mid-way (``starts_midway``, with
 the first seq and its ``prev``), which the archive, holding the earlier files, can close.
 
-Torn tail: a crash or power loss during an append can leave the last file ending in bytes with no newline.
-``verify`` reports them as ``torn_tail`` (not counted as an entry, not an error: the append they belong
-to never returned). Opening the trail (the gateway's start) cuts them off, fsyncs, and appends an
-``audit.torn_tail_removed`` entry recording the file, offset, length, SHA-256 and text of what was cut, so
-the cut is itself on the chain. A complete line that is not a valid entry is never cut: opening raises
-``AuditError`` and ``verify`` names it (that is damage or tampering, for a person to look at).
+Torn tail: a crash during an append can leave the last file ending in an incomplete line; opening the
+trail cuts it off and records the cut on the chain (``TORN_TAIL_REMOVED``): see ``audit_recover``.
 
-Events and their fields (``append(event, **fields)``; ``fields`` is any JSON object, these are the names
-the gateway uses; ``changed_paths`` builds ``changed``)
-------------------------------------------------------------------------------------------------------
-- ``config.applied`` / ``config.rejected`` / ``config.rolled_back``: ``source`` ("file" | "shadow"),
-  ``shadow_version`` (int | null), ``client_token`` (str | null), ``hash_before`` and ``hash_after`` (the
-  ``sha256:…`` config hashes of ``edge_gateway.shadow_config.config_hash``; ``hash_after`` is the
-  proposed config for a rejection), ``changed`` (list of dotted paths, ``sources.1.endpoint``),
-  ``reasons`` (rejected: list of ``{"path", "message"}``), ``reason`` (rolled back: str).
-- ``gateway.started``: ``version``, ``config_hash``, ``pid``; ``gateway.stopped``: ``reason``.
-- ``certificate.changed``: ``role`` (device | ca | opcua), ``path``, ``fingerprint_before``,
-  ``fingerprint_after`` (``sha256:…`` of the DER), ``subject``, ``not_after``.
-- ``trust_list.changed``: ``path``, ``added``, ``removed`` (lists of fingerprints).
-- ``buffer.quarantined``: ``segment``, ``reason``, ``quarantine_path``.
-- ``audit.torn_tail_removed`` (written by the trail itself): ``file``, ``offset``, ``bytes``, ``sha256``,
-  ``text``.
-
-Module split: the stored form (``AuditEntry``, ``entry_hash``, file names) is in
-``audit_format``, the checker (``verify``, ``VerifyResult``) in ``audit_verify``; both are re-exported here.
+Module split: the stored form (``AuditEntry``, ``entry_hash``, file names) is in ``audit_format``, the
+checker (``verify``, ``VerifyResult``) in ``audit_verify``, the event names and their fields
+(``changed_paths``, ``clock_state``) in ``audit_events``, the reader (``read_entries``) in ``audit_read``,
+where a writer starts and the torn-tail cut in ``audit_recover``; all are re-exported here. This module
+is the writer: appends, rotation, the writability check.
 
 Event names match ``^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)+$``. ``append`` blocks (write + fsync): from
 asyncio, call it through ``asyncio.to_thread``. It is thread-safe; listeners added with
@@ -64,31 +48,44 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+from edge_gateway.gxp.audit_events import (
+    BUFFER_QUARANTINED,
+    CERTIFICATE_CHANGED,
+    CONFIG_APPLIED,
+    CONFIG_REJECTED,
+    CONFIG_ROLLED_BACK,
+    EVENT,
+    GATEWAY_STARTED,
+    GATEWAY_STOPPED,
+    TORN_TAIL_REMOVED,
+    TRUST_LIST_CHANGED,
+    changed_paths,
+    clock_state,
+)
 from edge_gateway.gxp.audit_format import (
     GENESIS,
     PREFIX,
     SUFFIX,
     AuditEntry,
     AuditError,
-    claimed_seq,
     entry_hash,
     file_name,
     trail_files,
 )
+from edge_gateway.gxp.audit_read import read_entries
+from edge_gateway.gxp.audit_recover import recover
 from edge_gateway.gxp.audit_verify import BrokenEntry, TornTail, VerifyResult, verify
-from edge_gateway.util.clock import clock_synchronised
+from edge_gateway.util.files import DIR_OWNER_GROUP, OWNER_GROUP, ensure_dir, open_append
 from edge_gateway.util.jsondoc import canonical
 
 __all__ = [
@@ -121,44 +118,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LOCK_FILE = ".writer.lock"
-_EVENT = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-_MAX_TORN_TEXT = 65536
 MIN_FILE_BYTES = 4096
-
-CONFIG_APPLIED = "config.applied"
-CONFIG_REJECTED = "config.rejected"
-CONFIG_ROLLED_BACK = "config.rolled_back"
-GATEWAY_STARTED = "gateway.started"
-GATEWAY_STOPPED = "gateway.stopped"
-CERTIFICATE_CHANGED = "certificate.changed"
-TRUST_LIST_CHANGED = "trust_list.changed"
-BUFFER_QUARANTINED = "buffer.quarantined"
-TORN_TAIL_REMOVED = "audit.torn_tail_removed"
-
-
-def changed_paths(before: Any, after: Any, prefix: str = "") -> list[str]:  # noqa: ANN401 - JSON documents
-    """Dotted paths (list items by index) where two JSON documents differ: the ``changed`` field."""
-    if isinstance(before, Mapping) and isinstance(after, Mapping):
-        out: list[str] = []
-        for key in sorted(set(before) | set(after), key=str):
-            out += changed_paths(before.get(key), after.get(key), f"{prefix}{key}.")
-        return out
-    if isinstance(before, list) and isinstance(after, list):
-        out = []
-        for i in range(max(len(before), len(after))):
-            if i >= len(before) or i >= len(after):
-                out.append(f"{prefix}{i}")  # an item added or removed at the end
-            else:
-                out += changed_paths(before[i], after[i], f"{prefix}{i}.")
-        return out
-    return [] if before == after else [prefix.rstrip(".") or "(document)"]
-
-
-def clock_state() -> str:
-    synced = clock_synchronised()
-    return "unknown" if synced is None else ("synchronised" if synced else "unsynchronised")
 
 
 def _iso(ns: int) -> str:
@@ -188,12 +149,12 @@ class AuditTrail:
         self.max_files = max_files
         self._lock = threading.Lock()
         self._listeners: list[Callable[[AuditEntry], None]] = []
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_dir(directory, DIR_OWNER_GROUP)
         # One writer per directory: a second one would fork the chain.
-        self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+        self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, OWNER_GROUP)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._index, self._seq, self._hash, torn = self._recover()
+            self._index, self._seq, self._hash, torn = recover(directory)
         except BlockingIOError as exc:
             os.close(self._lock_fd)
             msg = f"audit trail {directory} is open for writing by another process (pid in {LOCK_FILE})"
@@ -204,7 +165,7 @@ class AuditTrail:
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
         path = self.directory / file_name(self._index)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd = open_append(path, OWNER_GROUP)
         self._size = os.fstat(self._fd).st_size
         if torn is not None:
             _log.warning(
@@ -223,59 +184,6 @@ class AuditTrail:
     def last_hash(self) -> str:
         return self._hash
 
-    def _recover(self) -> tuple[int, int, str, dict[str, Any] | None]:
-        """(file index, last seq, last hash, what was cut) from the newest file; cuts a torn tail."""
-        files = trail_files(self.directory)
-        if not files:
-            return 1, 0, GENESIS, None
-        index, path = files[-1]
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        torn: dict[str, Any] | None = None
-        if end < len(data):
-            cut = data[end:]
-            torn = {
-                "file": path.name,
-                "offset": end,
-                "bytes": len(cut),
-                "sha256": hashlib.sha256(cut).hexdigest(),
-                "text": cut[:_MAX_TORN_TEXT].decode("utf-8", "backslashreplace"),
-            }
-            with path.open("r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        if end > 0:
-            return (index, *self._last_of(path), torn)
-        # The newest file is empty (a crash right after a rotation): it is used, and the chain goes on
-        # from the last entry of the file before it, if any.
-        if len(files) == 1:
-            return index, 0, GENESIS, torn
-        return (index, *self._last_of(files[-2][1]), torn)
-
-    @staticmethod
-    def _last_of(path: Path) -> tuple[int, str]:
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            msg = (
-                f"audit trail file {path} has an incomplete last line but is not the newest file: "
-                "run `edge-gateway audit verify`"
-            )
-            raise AuditError(msg)
-        start = data.rfind(b"\n", 0, end - 1) + 1
-        lineno = data.count(b"\n", 0, start) + 1
-        try:
-            entry = AuditEntry.parse(data[start : end - 1])
-        except ValueError as exc:
-            msg = (
-                f"the last entry of audit trail file {path} (line {lineno}) is not valid: {exc}. The trail cannot "
-                "be extended; run `edge-gateway audit verify`, archive the directory and move it aside to start "
-                "a new chain"
-            )
-            raise AuditError(msg) from exc
-        return entry.seq, entry.hash
-
     def add_listener(self, listener: Callable[[AuditEntry], None]) -> None:
         self._listeners.append(listener)
 
@@ -285,7 +193,7 @@ class AuditTrail:
 
     def append(self, event: str, **fields: Any) -> AuditEntry:  # noqa: ANN401 - JSON values
         """Write one entry and fsync it; returns it once durable. ``AuditError`` if it cannot be written."""
-        if not _EVENT.match(event):
+        if not EVENT.match(event):
             msg = f"audit event name {event!r} must look like 'area.what' (lower case, dots)"
             raise ValueError(msg)
         # Through JSON and back: what is hashed is exactly what a reader will parse (Path -> str etc.).
@@ -305,6 +213,7 @@ class AuditTrail:
             line = canonical(doc) + b"\n"
             if self._size > 0 and self._size + len(line) > self.max_file_bytes:
                 self._rotate()
+            self._still_in_place()
             try:
                 view = memoryview(line)
                 while view:
@@ -323,11 +232,46 @@ class AuditTrail:
             listener(entry)
         return entry
 
+    def _still_in_place(self) -> None:
+        """``AuditError`` if the file this writer appends to is no longer the one at its path (deleted,
+        moved or replaced while the gateway ran): what would be written there would be lost."""
+        path = self.directory / file_name(self._index)
+        try:
+            here, open_ = path.stat(), os.fstat(self._fd)
+        except OSError as exc:
+            msg = f"cannot write the audit trail in {self.directory}: {path.name} is gone ({exc})"
+            raise AuditError(msg) from exc
+        if (here.st_dev, here.st_ino) != (open_.st_dev, open_.st_ino):
+            msg = f"cannot write the audit trail in {self.directory}: {path.name} was replaced while the gateway ran"
+            raise AuditError(msg)
+
+    def check_writable(self) -> None:
+        """``AuditError`` saying why unless the next append can be expected to succeed: the trail is open,
+        its file is still in place, and the directory takes a 4 KiB write with fsync (disk full, read-only
+        or failing storage). It writes no entry."""
+        with self._lock:
+            if self._fd < 0:
+                msg = f"the audit trail in {self.directory} is closed"
+                raise AuditError(msg)
+            self._still_in_place()
+            probe = self.directory / ".probe"
+            try:
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                try:
+                    os.write(fd, bytes(4096))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    probe.unlink(missing_ok=True)
+            except OSError as exc:
+                msg = f"cannot write the audit trail in {self.directory}: {exc}"
+                raise AuditError(msg) from exc
+
     def _rotate(self) -> None:
         os.close(self._fd)
         self._index += 1
         path = self.directory / file_name(self._index)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd = open_append(path, OWNER_GROUP)
         self._size = 0
         _fsync_dir(self.directory)
         if self.max_files is not None:
@@ -358,38 +302,3 @@ class AuditTrail:
         (run ``verify`` for the whole story). Hash links are not checked here: that is ``verify``'s job.
         """
         return read_entries(self.directory, since, after_seq=after_seq)
-
-
-def read_entries(
-    directory: Path, since: datetime | None = None, *, after_seq: int | None = None
-) -> Iterator[AuditEntry]:
-    since_ns = None if since is None else (since - _EPOCH) // timedelta(microseconds=1) * 1000
-    files = trail_files(directory)
-    start = 0
-    if after_seq is not None:
-        # Skip whole files whose successor starts at or before the first wanted seq.
-        for i in range(1, len(files)):
-            first = _first_seq(files[i][1])
-            if first is not None and first <= after_seq + 1:
-                start = i
-    for _, path in files[start:]:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                if not raw.endswith(b"\n"):
-                    break
-                try:
-                    entry = AuditEntry.parse(raw[:-1])
-                except ValueError as exc:
-                    msg = f"audit trail {path.name} line {lineno}: {exc}; run `edge-gateway audit verify`"
-                    raise AuditError(msg) from exc
-                if after_seq is not None and entry.seq <= after_seq:
-                    continue
-                if since_ns is not None and entry.time_ns < since_ns:
-                    continue
-                yield entry
-
-
-def _first_seq(path: Path) -> int | None:
-    with path.open("rb") as f:
-        line = f.readline()
-    return claimed_seq(line) if line.endswith(b"\n") else None

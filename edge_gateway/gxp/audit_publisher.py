@@ -13,9 +13,11 @@ Contract:
   entry over the broker's packet limit) is logged, counted in ``unpublishable`` and skipped: the entry
   stays in the local trail, which is the record; the cloud sees the gap in ``seq``.
 - After each PUBACK the last acknowledged ``seq`` (and its hash) is written to ``state_path`` atomically
-  (temp file, fsync, rename, fsync directory). A restart resumes after it: entries written while offline
-  or while the gateway was down are published once the link is back (at-least-once: an entry whose PUBACK
-  arrived but whose state write did not is sent again).
+  (temp file, fsync, rename, fsync directory), and to ``anchor_path`` when given (the anchor the trail is
+  checked against at start, kept outside the trail directory: gxp/audit_anchor.py). A restart resumes
+  after it: entries written while offline or while the gateway was down are published once the link is
+  back (at-least-once: an entry whose PUBACK arrived but whose state write did not is sent again).
+  ``restart_from(seq, prev)`` moves both back (after a discontinuity, the recorder's).
 - The publisher wakes on every ``AuditTrail.append`` (a listener), with no polling. If the trail's last
   seq is below the saved one (the trail directory was archived and a new chain started), it logs that and
   publishes the new chain from its start.
@@ -50,11 +52,13 @@ class AuditPublisher:
         state_path: Path,
         *,
         backoff: Backoff | None = None,
+        anchor_path: Path | None = None,
     ) -> None:
         self.trail = trail
         self.publish = publish
         self.topic = topic
         self.state_path = state_path
+        self.anchor_path = anchor_path
         self.backoff = backoff or Backoff(0.5, 30.0)
         self.acked_seq, self._acked_hash = _load_state(state_path)
         self.published = 0
@@ -67,6 +71,21 @@ class AuditPublisher:
         while self.acked_seq < seq:
             self._progress.clear()
             await self._progress.wait()
+
+    @property
+    def acked_hash(self) -> str | None:
+        return self._acked_hash
+
+    def restart_from(self, seq: int, prev: str) -> None:
+        """Publish again from entry ``seq`` on (after a discontinuity): the entry before it, whose hash is
+        ``prev``, becomes the last acknowledged one, here and in both state files."""
+        self.acked_seq, self._acked_hash = seq - 1, prev
+        self._save(seq - 1, prev)
+
+    def _save(self, seq: int, entry_hash: str) -> None:
+        _save_state(self.state_path, seq, entry_hash)
+        if self.anchor_path is not None:
+            _save_state(self.anchor_path, seq, entry_hash)
 
     def status(self) -> dict[str, object]:
         return {
@@ -148,7 +167,7 @@ class AuditPublisher:
             break
         self.backoff.reset()
         self.acked_seq, self._acked_hash = entry.seq, entry.hash
-        await asyncio.to_thread(_save_state, self.state_path, entry.seq, entry.hash)
+        await asyncio.to_thread(self._save, entry.seq, entry.hash)
         self._progress.set()
 
 

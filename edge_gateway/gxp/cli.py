@@ -19,6 +19,7 @@ import yaml
 from edge_gateway.config.model import load_config
 from edge_gateway.errors import ConfigError
 from edge_gateway.gxp import audit
+from edge_gateway.util.files import OWNER_GROUP, write_durably
 
 if TYPE_CHECKING:
     from edge_gateway.gxp import iq
@@ -231,7 +232,6 @@ def _init(items: list[iq.IqItem], path: Path | None, *, force: bool) -> int:
     if path.exists() and not force:
         _err(f"{path} exists: a reviewed SPEC is not overwritten (use --force)")
         return EXIT_USAGE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_durably(path, text.encode(), mode=OWNER_GROUP)
     _out(f"wrote {path} ({len(items)} items): review and sign it")
     return EXIT_OK

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway import __version__
-from edge_gateway.gxp.iq import ItemResult, Report
+from edge_gateway.gxp.iq_spec import ItemResult, Report
+from edge_gateway.util.files import DIR_OWNER_GROUP, OWNER_GROUP, ensure_dir, write_durably
 from edge_gateway.util.jsondoc import sha256
 
 FORMAT = "edge-gateway-iq/1"
@@ -184,7 +185,7 @@ def render_pdf(body: dict[str, Any]) -> bytes:
 def write_report(report: Report, out_dir: Path, *, pdf: bool = True) -> list[Path]:
     """Write the JSON, HTML and (when ``pdf``) PDF renderings; returns their paths. Names carry the time."""
     body = report_body(report)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, DIR_OWNER_GROUP)
     stamp = re.sub(r"[^0-9A-Za-z]", "", report.time.replace("+00:00", "Z"))
     who = re.sub(r"[^0-9A-Za-z_.-]", "_", report.thing_name or "gateway")
     name = f"iq-{who}-{stamp}"
@@ -196,7 +197,7 @@ def write_report(report: Report, out_dir: Path, *, pdf: bool = True) -> list[Pat
     if pdf:
         outputs.append((out_dir / f"{name}.pdf", render_pdf(body)))
     for path, data in outputs:
-        path.write_bytes(data)
+        write_durably(path, data, mode=OWNER_GROUP)
     return [p for p, _ in outputs]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from edge_gateway.buffer.base import Record
 from edge_gateway.config.model import GatewayConfig, SourceConfig
-from edge_gateway.util.files import write_json_durably
+from edge_gateway.util.files import OWNER_GROUP, write_json_durably
 
 _log = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ class Epochs:
             self._save()
 
     def _save(self) -> None:
-        write_json_durably(self.path, [[a, b] for a, b in zip(self._firsts, self._hashes, strict=True)])
+        epochs = [[a, b] for a, b in zip(self._firsts, self._hashes, strict=True)]
+        write_json_durably(self.path, epochs, mode=OWNER_GROUP)  # a GxP record auditors read
 
 
 def _first_at_or_after(records: Sequence[Record], seq: int) -> int:

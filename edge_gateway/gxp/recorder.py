@@ -14,8 +14,15 @@
 - ``buffer.quarantined`` when the buffer counts records it had to set aside as corrupt.
 - At a clean stop: ``gateway.stopped``; the publisher then gets a moment to send what is pending.
 
+- At open, before anything else: the trail is checked against the last entry the cloud acknowledged
+  (gxp/audit_anchor.py); a discontinuity becomes an ``audit.discontinuity`` entry, publishing starts again
+  from that entry, and ``discontinuity`` stays set for the process's life (a heartbeat problem).
+
 The trail's own state (last configuration recorded, certificate fingerprints) is ``gateway-state.json`` in
-the trail directory. Nothing here ever stops the gateway: an audit write that fails is logged as an error.
+the trail directory. Nothing here ever stops the gateway or its data: an audit write that fails is logged
+as an error, counted, and kept in ``write_error`` until an append succeeds again. It does stop shadow
+changes (fail closed): the shadow agent asks ``check_writable`` before it applies one, and rolls a change
+back whose ``config.applied`` entry cannot be written (``config_event`` returns False).
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from edge_gateway.gxp.audit import (
     AuditTrail,
     changed_paths,
 )
+from edge_gateway.gxp.audit_anchor import ANCHOR_FILE, DISCONTINUITY, check, load_anchor
 from edge_gateway.gxp.audit_format import AuditEntry, trail_files
 from edge_gateway.gxp.audit_publisher import AuditPublisher
+from edge_gateway.gxp.audit_values import cap, changed_values
 from edge_gateway.util.files import write_json_durably
 
 _log = logging.getLogger(__name__)
@@ -68,21 +77,58 @@ class AuditRecorder:
         s = config.audit
         self.directory = config.audit_path
         self.trail = AuditTrail(self.directory, max_file_bytes=s.max_file_bytes, max_files=s.max_files)
-        self.publisher = AuditPublisher(self.trail, publish, config.audit_topic, self.directory / _PUBLISHED_FILE)
+        self.anchor_path = config.gateway.data_dir / ANCHOR_FILE
+        published = self.directory / _PUBLISHED_FILE
+        self.publisher = AuditPublisher(
+            self.trail, publish, config.audit_topic, published, anchor_path=self.anchor_path
+        )
         self._state_path = self.directory / _STATE_FILE
         self._state = _load_json(self._state_path)
         self._last_config_event = _last_config_event(self.directory)
         self._corrupt_seen: int | None = None
         self.failures = 0
+        self.write_error: str | None = None  # the last append's failure, until one succeeds
+        self.discontinuity = self._check_anchor(load_anchor(self.anchor_path, published))
+
+    def _check_anchor(self, anchor: tuple[int, str] | None) -> dict[str, Any] | None:
+        """Record a discontinuity between the trail and what the cloud acknowledged (audit_anchor.py)."""
+        found = check(self.directory, anchor, self.trail.last_seq)
+        if found is None:
+            return None
+        _log.error(
+            "audit trail %s does not hold what the cloud acknowledged: %s (expected seq %d hash %s); recorded as "
+            "an audit.discontinuity entry and reported in every heartbeat until the gateway restarts",
+            self.directory,
+            found["reason"],
+            found["expected"]["seq"],
+            found["expected"]["hash"],
+        )
+        entry = self.trail.append(DISCONTINUITY, **found, anchor=str(self.anchor_path))
+        try:
+            self.publisher.restart_from(entry.seq, entry.prev)
+        except OSError as exc:  # the entry is on the chain; the next start would find the same gap again
+            _log.error("audit anchor %s not moved: %s", self.anchor_path, exc)
+        return {**found, "entry_seq": entry.seq}
 
     async def append(self, event: str, **fields: Any) -> bool:  # noqa: ANN401 - JSON values
         try:
             await asyncio.to_thread(self.trail.append, event, **fields)
         except (OSError, AuditError) as exc:
             self.failures += 1
+            self.write_error = str(exc)
             _log.error("audit trail %s: %s not recorded: %s", self.directory, event, exc)
             return False
+        self.write_error = None
         return True
+
+    async def check_writable(self) -> None:
+        """``AuditError`` saying why, unless an entry can be written now (AuditTrail.check_writable)."""
+        try:
+            await asyncio.to_thread(self.trail.check_writable)
+        except AuditError as exc:
+            self.write_error = str(exc)
+            raise
+        self.write_error = None
 
     async def started(self, config: GatewayConfig, *, shadow_version: int | None) -> None:
         digest = config_hash(config)
@@ -96,6 +142,7 @@ class AuditRecorder:
                 hash_before=self._state.get("config_hash"),
                 hash_after=digest,
                 changed=changed_paths(before, _dump(config)) if isinstance(before, dict) else ["(document)"],
+                values=cap(changed_values(before, _dump(config)))[0] if isinstance(before, dict) else [],
             )
             self._remember(config)
         await self.check_certificates(config)
@@ -120,15 +167,27 @@ class AuditRecorder:
         changed: list[str] | None = None,
         reasons: list[dict[str, str]] | None = None,
         reason: str | None = None,
-    ) -> None:
-        """Record one shadow outcome, unless this very outcome was the last config event recorded."""
+        values: list[dict[str, Any]] | None = None,
+        offending: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """Record one shadow outcome, unless this very outcome was the last config event recorded; False if
+        it could not be written. ``values`` (old/new per changed path, audit_values.py) defaults to the
+        difference of the two configs; a rejection passes the desired document's own and ``offending``."""
         hash_after = config_hash(after) if after is not None else desired_hash
         key = [event, shadow_version, hash_after]
         if key == self._last_config_event:
             _log.info("audit: %s of shadow version %s is already recorded", event, shadow_version)
-            return
+            return True
         if changed is None:
             changed = changed_paths(_dump(before), _dump(after)) if after is not None else []
+        if values is None:
+            values = changed_values(_dump(before), _dump(after)) if after is not None else []
+        listed, omitted = cap(values)
+        extra: dict[str, Any] = {"values": listed}
+        if omitted:
+            extra["values_omitted"] = omitted
+        if offending is not None:
+            extra["offending"] = cap(offending)[0]
         ok = await self.append(
             event,
             source="shadow",
@@ -139,11 +198,13 @@ class AuditRecorder:
             changed=changed,
             **({"reasons": reasons} if reasons is not None else {}),
             **({"reason": reason} if reason is not None else {}),
+            **extra,
         )
         if ok:
             self._last_config_event = key
             if event == CONFIG_APPLIED and after is not None:
                 self._remember(after)
+        return ok
 
     async def declare(self, entries: Iterable[dict[str, Any]]) -> None:
         for fields in entries:

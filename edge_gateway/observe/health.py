@@ -13,6 +13,11 @@ below its size limit of 8 KB and the service's update rate limits)::
 Material: anything above but ``at`` and the counts' exact values (a count going from zero to non-zero is
 material, every further increment is not). A source removed by a configuration change is reported as
 ``null`` (the service merges updates).
+
+Audit problems (from the status's ``audit`` section): ``"audit trail not writable"`` while the trail could
+not be opened or its last write failed (shadow changes are refused meanwhile), and ``"audit trail
+discontinuity"`` when, at start, it did not hold the last entry the cloud acknowledged (gxp/audit_anchor.py;
+for the rest of the process's life).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
         problems.append("messages dead-lettered")
     if synchronised is False:
         problems.append("clock not synchronised")
+    problems += _audit_problems(status.get("audit") or {})
     return {
         "state": "degraded" if problems else "ok",
         "problems": problems,
@@ -65,6 +71,17 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
         "config_hash": status["gateway"].get("config", {}).get("hash"),
         "at": status["time"],
     }
+
+
+def _audit_problems(audit: dict[str, Any]) -> list[str]:
+    """The audit trail's problems: it cannot be written (shadow changes are refused meanwhile), or it did
+    not hold what the cloud acknowledged at start (reported for the process's life, docs/gxp.md)."""
+    out = []
+    if audit.get("error") or audit.get("write_error"):
+        out.append("audit trail not writable")
+    if audit.get("discontinuity"):
+        out.append("audit trail discontinuity")
+    return out
 
 
 def _material(health: dict[str, Any]) -> dict[str, Any]:

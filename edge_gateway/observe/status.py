@@ -23,8 +23,9 @@ Document, format version 2 (docs/message-format.md has it field by field)::
                                "in_flight", "backlog", "oldest_unsent_age_s", "points_per_s",
                                "drain_eta_s", "last_error", ...}},
      "dead_letter": {...}, "shadow": <config_status> | None,
-     "audit": {"enabled", "error", "dir", "last_seq", "acked_seq", "pending", "published", "unpublishable",
-               "write_failures", "last_error"}}
+     "audit": {"enabled", "error", "dir", "last_seq", "head": {"seq", "hash"} (the chain head: an anchor
+               the cloud keeps with every heartbeat), "acked_seq", "acked_hash", "pending", "published",
+               "unpublishable", "write_failures", "write_error", "discontinuity", "last_error"}}
 
 ``failing``: connected, but every reading since the previous snapshot was BAD. Rates are computed between
 two snapshots and smoothed. ``drain_eta_s``: 0 when caught up (the backlog is what the latency bound
@@ -52,8 +53,9 @@ from edge_gateway.publish.publisher import Publisher
 from edge_gateway.publish.transport.base import Transport
 from edge_gateway.sources.base import Source
 from edge_gateway.util.clock import ClockWatch, clock_synchronised
+from edge_gateway.util.files import atomic_write
 
-__all__ = ["FORMAT_VERSION", "StatusReporter", "clock_synchronised", "render"]
+__all__ = ["FORMAT_VERSION", "StatusReporter", "atomic_write", "clock_synchronised", "render"]
 
 _log = logging.getLogger(__name__)
 
@@ -265,13 +267,6 @@ def _temperature_c() -> float | None:
         return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000, 1)
     except (OSError, ValueError):
         return None
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def render(doc: dict[str, Any]) -> str:

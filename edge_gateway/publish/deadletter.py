@@ -27,6 +27,7 @@ from pathlib import Path
 
 from edge_gateway.buffer.base import Record
 from edge_gateway.publish.encode.iotcore import Message
+from edge_gateway.util.files import DIR_OWNER_GROUP, OWNER_GROUP, ensure_dir, open_append
 
 _log = logging.getLogger(__name__)
 
@@ -105,12 +106,12 @@ class DeadLetterFile:
             _log.info("dead-letter file %s is writable again", self.path)
 
     def _write(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.path.parent, DIR_OWNER_GROUP)
         with contextlib.suppress(FileNotFoundError):
             size = self.path.stat().st_size
             if size and size + len(data) > self.max_file_bytes:
                 self._rotate()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = open_append(self.path, OWNER_GROUP)
         try:
             written = 0
             while written < len(data):

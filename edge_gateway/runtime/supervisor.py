@@ -133,16 +133,23 @@ class Gateway:
         return await self.transport.publish(topic, payload)
 
     def audit_status(self) -> dict[str, Any]:
-        """The ``audit`` section of the status: where the trail is, what is published, what failed."""
+        """The ``audit`` section of the status (and so of every heartbeat): where the trail is, its chain
+        head ``{seq, hash}`` (the anchor the cloud keeps), what is published, what failed, and a
+        discontinuity found at start (gxp/audit_anchor.py), kept for the process's life."""
         if self.audit is None:
-            return {"enabled": False, "error": self.audit_error}
+            return {"enabled": False, "error": self.audit_error, "head": None}  # error: it could not be opened
+        trail = self.audit.trail
         return {
             "enabled": True,
             "error": None,
             "dir": str(self.audit.directory),
-            "last_seq": self.audit.trail.last_seq,
+            "last_seq": trail.last_seq,
+            "head": {"seq": trail.last_seq, "hash": trail.last_hash},
             "write_failures": self.audit.failures,
+            "write_error": self.audit.write_error,
+            "discontinuity": self.audit.discontinuity,
             **self.audit.publisher.status(),
+            "acked_hash": self.audit.publisher.acked_hash,
         }
 
     async def _begin_epoch(self, config: GatewayConfig) -> None:

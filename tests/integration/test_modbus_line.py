@@ -6,7 +6,6 @@ over TCP with two unit ids end to end."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,10 +252,8 @@ async def test_slow_devices_keep_their_rate_with_several_requests_in_flight(star
         assert all(r.quality is Quality.GOOD for sink in sinks for r in sink.readings)
 
 
-async def test_a_serial_port_that_cannot_be_opened_is_retried_with_a_clear_reason(
-    start_task: Starter, tmp_path: Path
-) -> None:
-    port = str(tmp_path / "ttyUSB9")
+async def test_a_serial_port_that_cannot_be_opened_is_retried_with_a_clear_reason(start_task: Starter) -> None:
+    port = "/dev/serial/by-id/edge-gateway-test-absent"  # a device path (the config refuses anything else)
     config = ModbusSource.model_validate(
         {
             "type": "modbus",

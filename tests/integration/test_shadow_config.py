@@ -30,7 +30,8 @@ WINDOW_S = 4.0
 @pytest.fixture
 def config(tmp_path: Path, pki: Pki, broker: MosquittoBroker, plcs: tuple[int, int]) -> dict[str, Any]:
     doc = gateway_config(tmp_path, pki, broker, opcua_port=plcs[0], modbus_port=plcs[1])
-    doc["shadow"] = {"confirm_window_s": WINDOW_S, "request_timeout_s": 3}
+    # The rollback tests move the connection to a dead port: the local file must allow that endpoint.
+    doc["shadow"] = {"confirm_window_s": WINDOW_S, "request_timeout_s": 3, "allowed_endpoints": ["127.0.0.1"]}
     return doc
 
 

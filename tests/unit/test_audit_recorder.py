@@ -135,7 +135,10 @@ def test_a_shadow_can_neither_introduce_nor_change_opcua_trust_settings(tmp_path
     assert [e.path for e in introduced.value.errors] == ["sources.1.opcua.security"]
     plain = dict(same[0]) | {"name": "oven"}
     plain.pop("security")
-    assert len(effective_config(local, {"sources": [*same, plain]}).sources) == 2  # no trust settings: fine
+    # No security for the host of a secured source: weaker security is refused (docs/security.md).
+    with pytest.raises(ConfigError) as weaker:
+        effective_config(local, {"sources": [*same, plain]})
+    assert [e.path for e in weaker.value.errors] == ["sources.1.opcua.security.mode"]
     # A desired source that leaves them out keeps the local file's (the shadow's list replaces the file's).
     bare = dict(same[0])
     bare.pop("security")

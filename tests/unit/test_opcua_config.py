@@ -160,10 +160,10 @@ def test_trust_list_decisions(tmp_path: Path) -> None:
     assert list((tmp_path / "pki" / "rejected").iterdir())
 
     tofu = OpcUaSecurity(mode="SignAndEncrypt", cert_dir=tmp_path / "pki", trust_on_first_use=True)
-    check_server_certificate(plc, tofu, "opc.tcp://plc:4840")  # trusted and saved
+    check_server_certificate(plc, tofu, "opc.tcp://plc:4840", server_uri="urn:plc")  # trusted and saved
     check_server_certificate(plc, security, "opc.tcp://plc:4840")  # now in the list, without first-use trust
     with pytest.raises(SecuritySetupError, match="a different certificate is already trusted"):
-        check_server_certificate(impostor, tofu, "opc.tcp://plc:4840")
+        check_server_certificate(impostor, tofu, "opc.tcp://plc:4840", server_uri="urn:plc")
 
     # PEM files in the trust list count too.
     pem_dir = tmp_path / "pem"
@@ -172,6 +172,38 @@ def test_trust_list_decisions(tmp_path: Path) -> None:
 
     (pem_dir / "plc.pem").write_bytes(x509.load_der_x509_certificate(impostor).public_bytes(Encoding.PEM))
     check_server_certificate(impostor, OpcUaSecurity(mode="Sign", cert_dir=tmp_path / "pki", trust_dir=pem_dir), "x")
+
+
+def test_first_use_trust_pins_only_a_certificate_naming_the_servers_application_uri(tmp_path: Path) -> None:
+    tofu = OpcUaSecurity(mode="SignAndEncrypt", cert_dir=tmp_path / "pki", trust_on_first_use=True)
+    plc = server_cert(tmp_path / "plc", "urn:plc")
+    with pytest.raises(SecuritySetupError, match=r"names urn:plc, not the application URI the server announces"):
+        check_server_certificate(plc, tofu, "opc.tcp://plc:4840", server_uri="urn:rogue")
+    with pytest.raises(SecuritySetupError, match=r"not the application URI the server announces \(none\)"):
+        check_server_certificate(plc, tofu, "opc.tcp://plc:4840")
+    assert not (tmp_path / "pki" / "trusted").exists()  # nothing pinned
+    # A certificate with no application URI at all.
+    from cryptography import x509  # noqa: PLC0415 - only this test builds a certificate by hand
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "plc")])
+    bare = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+        .not_valid_after(dt.datetime(2035, 1, 1, tzinfo=dt.UTC))
+        .sign(key, hashes.SHA256())
+        .public_bytes(Encoding.DER)
+    )
+    with pytest.raises(SecuritySetupError, match="names no application URI"):
+        check_server_certificate(bare, tofu, "opc.tcp://plc:4840", server_uri="urn:plc")
+    check_server_certificate(plc, tofu, "opc.tcp://plc:4840", server_uri="urn:plc")  # the matching one is pinned
+    assert len(list((tmp_path / "pki" / "trusted").iterdir())) == 1
 
 
 def test_the_client_certificate_is_created_once_and_kept(tmp_path: Path) -> None:

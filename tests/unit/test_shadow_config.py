@@ -84,12 +84,15 @@ def test_identity_and_secrets_are_refused_with_a_reason(local: GatewayConfig) ->
             "buffer": {"max_bytes": 1},
         },
     )
-    assert set(errors) == {"gateway", "publisher.mqtt.key_file", "heartbeat.topic", "buffer"}
+    # The endpoint too: it may change only into the local shadow.allowed_endpoints, empty here.
+    assert set(errors) == {"gateway", "publisher.mqtt.key_file", "publisher.mqtt.endpoint", "heartbeat.topic", "buffer"}
     assert "identity and secrets never come from the shadow" in errors["publisher.mqtt.key_file"]
     assert "Last Will" in errors["heartbeat.topic"]
 
 
-def test_mqtt_connection_settings_merge_onto_the_files(local: GatewayConfig) -> None:
+def test_mqtt_connection_settings_merge_onto_the_files() -> None:
+    # The endpoint may change only into the local file's shadow.allowed_endpoints (docs/security.md).
+    local = parse_config(valid_doc() | {"shadow": {"allowed_endpoints": ["127.0.0.1:8883"]}})
     cfg = effective_config(local, {"publisher": {"mqtt": {"endpoint": "127.0.0.1", "port": 8883}}})
     assert (cfg.publisher.mqtt.endpoint, cfg.publisher.mqtt.port) == ("127.0.0.1", 8883)
     assert cfg.publisher.mqtt.cert_file == local.publisher.mqtt.cert_file

@@ -17,17 +17,15 @@ Contract:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import NamedTuple
 
 from edge_gateway.buffer.base import AckLedger
 from edge_gateway.buffer.disk.state import FORMAT_2, State, quarantine_path
-from edge_gateway.util.files import fsync_dir
+from edge_gateway.util.files import DIR_OWNER_ONLY, OWNER_ONLY, write_durably
 
 # The package's logger: log lines keep the logger name they had before disk.py became a package.
 _log = logging.getLogger(__package__)
@@ -106,20 +104,13 @@ class Ledger:
                 if checkpoint is not None:
                     doc["active"] = checkpoint
                 state.ledger_dirty = False
-            tmp = state.directory / (LEDGER + ".tmp")
+            data = json.dumps(doc, separators=(",", ":")).encode()
             try:
-                with tmp.open("wb") as f:
-                    f.write(json.dumps(doc, separators=(",", ":")).encode())
-                    f.flush()
-                    os.fsync(f.fileno())
-                tmp.replace(state.directory / LEDGER)
-                fsync_dir(state.directory)
+                write_durably(state.directory / LEDGER, data, mode=OWNER_ONLY, dir_mode=DIR_OWNER_ONLY)
                 self._checkpoint = checkpoint
             except OSError:
                 with state.meta:
                     state.ledger_dirty = True  # written by the next maintain() or close()
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
                 raise
 
     def try_write(self, when: str) -> None:

@@ -29,6 +29,7 @@ from edge_gateway.buffer.disk.ledger import Ledger, load_ledger
 from edge_gateway.buffer.disk.record import HEADER, LENGTH, chain, check_each, walk
 from edge_gateway.buffer.disk.retention import delete_settled, drop_segment
 from edge_gateway.buffer.disk.state import FORMAT_1, SUFFIX, ActiveFile, Cursor, Segment, State, quarantine_path
+from edge_gateway.util.files import DIR_OWNER_ONLY, OWNER_ONLY, ensure_dir, write_durably
 
 # The package's logger: log lines keep the logger name they had before disk.py became a package.
 _log = logging.getLogger(__package__)
@@ -46,7 +47,7 @@ class _Tail:
 
 def open_directory(state: State, destinations: list[str], ledger: Ledger) -> None:
     """Fill the empty ``state`` from its directory (created if missing), repairing what needs it."""
-    state.directory.mkdir(parents=True, exist_ok=True)
+    ensure_dir(state.directory, DIR_OWNER_ONLY)
     saved = load_ledger(state.directory)
     for seg_path in sorted(state.directory.glob("*" + SUFFIX)):
         try:
@@ -127,7 +128,7 @@ def _scan_tail(seg: Segment, checkpoint: list[int] | None) -> _Tail | None:
 def _cut_tail(state: State, seg: Segment, tail: _Tail) -> None:
     if tail.damaged:
         aside = quarantine_path(state.directory, seg.path.with_name(seg.path.name + ".tail"))
-        aside.write_bytes(tail.cut)
+        write_durably(aside, tail.cut, mode=OWNER_ONLY, dir_mode=DIR_OWNER_ONLY)
         _log.error(
             "buffer: %s is damaged after seq %d; cut %d byte(s) and kept them in %s for analysis. Readings "
             "in them (up to seq %d) are lost and counted; numbering resumes at %d; the gateway continues",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from edge_gateway.buffer.base import AckLedger, BufferStats, Record
+from edge_gateway.util.files import DIR_OWNER_ONLY, ensure_dir
 
 SUFFIX = ".seg"
 QUARANTINE = "quarantine"
@@ -101,5 +102,5 @@ class State:
 def quarantine_path(directory: Path, path: Path) -> Path:
     """Where ``path`` goes when it is set aside: quarantine/<name>.<timestamp> (the folder is created)."""
     qdir = directory / QUARANTINE
-    qdir.mkdir(exist_ok=True)
+    ensure_dir(qdir, DIR_OWNER_ONLY)
     return qdir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"

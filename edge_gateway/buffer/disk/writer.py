@@ -31,7 +31,7 @@ from edge_gateway.buffer.disk.retention import Limits, make_room
 from edge_gateway.buffer.disk.state import FORMAT_2, SUFFIX, ActiveFile, Segment, State
 from edge_gateway.errors import BufferIOError
 from edge_gateway.model import Reading
-from edge_gateway.util.files import fsync_dir
+from edge_gateway.util.files import OWNER_ONLY, fsync_dir, open_append
 
 # The package's logger: log lines keep the logger name they had before disk.py became a package.
 _log = logging.getLogger(__package__)
@@ -171,7 +171,7 @@ class Writer:
             time.time(),
             FORMAT_2,
         )
-        active.fd = os.open(new.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        active.fd = open_append(new.path, OWNER_ONLY)
         fsync_dir(state.directory)
         with state.meta:
             state.segments.append(new)

@@ -23,6 +23,9 @@ Contract:
   session (``rejoined_session`` False, e.g. a broker restart) every filter is subscribed again.
 - ``stop(final)`` publishes ``final`` when connected, then disconnects with NORMAL_DISCONNECTION so the
   broker does not send the Last Will (a plain ``stop()`` would).
+- TLS: only TLS 1.2 and 1.3 with AEAD suites (ECDHE with AES-GCM; TLS 1.3's own suites) are offered, never
+  TLS 1.0/1.1 or CBC (``TLS_CIPHER_PREF``, awscrt's ``TLSv1_2_2025_07``; awscrt's DEFAULT offers both).
+  Not a setting: nothing local or from the shadow can weaken it. ALPN ``x-amzn-mqtt-ca`` on port 443.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from awscrt import http, mqtt5
+from awscrt import http, io, mqtt5
 from awsiot import mqtt5_client_builder
 
 from edge_gateway.config.model import MqttSettings
@@ -56,6 +59,8 @@ _log = logging.getLogger(__name__)
 _SESSION_EXPIRY_S = 3600
 _FINAL_PUBLISH_TIMEOUT_S = 1.0
 _STOP_TIMEOUT_S = 3.0
+# TLS 1.2+ only, ECDHE + AES-GCM (TLS 1.2) and the TLS 1.3 suites: no TLS 1.0/1.1, no CBC, no static RSA.
+TLS_CIPHER_PREF = io.TlsCipherPref.TLSv1_2_2025_07
 
 
 @dataclass(slots=True)
@@ -93,6 +98,17 @@ def _proxy_options(s: MqttSettings) -> http.HttpProxyOptions | None:
         auth_password=password,
         connection_type=http.HttpProxyConnectionType.Tunneling,
     )
+
+
+def tls_cipher_pref() -> io.TlsCipherPref:
+    """``TLS_CIPHER_PREF``, or a clear error where the platform's TLS library does not have it."""
+    if not TLS_CIPHER_PREF.is_supported():
+        msg = (
+            f"the TLS library of this platform lacks the cipher preference {TLS_CIPHER_PREF.name} (TLS 1.2+ with"
+            " AEAD suites only): run the gateway on Linux with awscrt >= 0.36 (s2n)"
+        )
+        raise PublishError(msg, retryable=False)
+    return TLS_CIPHER_PREF
 
 
 class MqttTransport:
@@ -153,6 +169,7 @@ class MqttTransport:
             else mqtt5.ExtendedValidationAndFlowControlOptions.NONE
         )
         self._client = mqtt5_client_builder.mtls_from_path(
+            cipher_pref=tls_cipher_pref(),
             http_proxy_options=_proxy_options(s),
             cert_filepath=str(s.cert_file),
             pri_key_filepath=str(s.key_file),

@@ -41,8 +41,9 @@ _PERMANENT_ERRORS = {
 # What a connect failure most likely means, for the log line an operator reads.
 _CONNECT_HINTS = {
     "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE": "TLS handshake failed: check that ca_file signed the server "
-    "certificate (AmazonRootCA1 for IoT Core), that endpoint matches its name, and that a server on a port "
-    "other than 443 does not require ALPN",
+    "certificate (AmazonRootCA1 for IoT Core), that endpoint matches its name, that a server on a port "
+    "other than 443 does not require ALPN, and that the server accepts TLS 1.2+ with an ECDHE AES-GCM suite "
+    "(the gateway offers nothing older or weaker)",
     "AWS_IO_TLS_ERROR_READ_FAILURE": "the server closed TLS during the handshake: it probably refused the client "
     "certificate (revoked, inactive in IoT Core, or from a CA it does not trust)",
     "AWS_IO_SOCKET_CONNECTION_REFUSED": "nothing listens there: check endpoint and port",

@@ -12,11 +12,10 @@ Pure functions: no I/O, no awscrt.
 
 from __future__ import annotations
 
+from edge_gateway.config.topics import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES
 from edge_gateway.errors import PublishError
 
-MAX_PAYLOAD_BYTES = 128 * 1024
-MAX_TOPIC_BYTES = 256
-MAX_TOPIC_SLASHES = 7
+__all__ = ["MAX_PAYLOAD_BYTES", "MAX_TOPIC_BYTES", "MAX_TOPIC_SLASHES", "check_iot_core_limits", "topic_matches"]
 
 
 def check_iot_core_limits(topic: str, payload: bytes) -> None:

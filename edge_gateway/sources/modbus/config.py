@@ -7,16 +7,31 @@ group with its own interval. The flat form of earlier versions (``host``, ``port
 
 Every cross-field rule raises an error whose text starts with the field it is about, so the loader's
 ``path: message`` lines say exactly what to fix.
+
+``serial.port`` is a serial device path (``SERIAL_DEVICE``), never a URL: pymodbus hands the string to
+pyserial's ``serial_for_url``, whose URL handlers (``spy://`` opens a file for writing, ``loop://``,
+``socket://``, ``rfc2217://``, ``hwgrep://``, ``alt://``) would turn a config field into file or network
+access. ``load`` is what the source asks of its PLC, for the whole-document budget (config/budget.py).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge_gateway.config.common import ALIAS_PATTERN, NAME_PATTERN, Model, Reconnecting, check_unique
+from edge_gateway.config.common import (
+    ALIAS_PATTERN,
+    NAME_PATTERN,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    Model,
+    Reconnecting,
+    SourceLoad,
+    check_unique,
+)
 
 # 'int16', 'uint16' stay first: the loader's message lists the choices in this order.
 ModbusDataType = Literal[
@@ -42,6 +57,10 @@ REGISTERS_OF_TYPE = {
     "float64": 4,
 }
 _NUMERIC = frozenset(REGISTERS_OF_TYPE) - {"bool"}
+# Serial devices as Linux names them: /dev/tty* (ttyS, ttyUSB, ttyACM, ttyAMA, ttymxc, ...), the udev links
+# /dev/serial/by-id/* and /dev/serial/by-path/*, Bluetooth /dev/rfcomm*, and pseudo-terminals /dev/pts/N.
+SERIAL_DEVICE = re.compile(r"/dev/(tty[A-Za-z0-9_.-]+|serial/by-(id|path)/[A-Za-z0-9_.:+@=,-]+|rfcomm\d+|pts/\d+)")
+SERIAL_FORMS = "/dev/ttyUSB0, /dev/ttyACM0, /dev/ttyAMA0, /dev/ttyS0, /dev/serial/by-id/…, /dev/serial/by-path/…"
 
 
 def _invalid(message: str) -> PydanticCustomError:
@@ -62,8 +81,8 @@ class ModbusPoint(Model):
     byte_order: Literal["big", "little"] = "big"
     # Register order of multi-register values: "big" = most significant register first.
     word_order: Literal["big", "little"] = "big"
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float = Field(default=1.0, ge=-1e9, le=1e9)
+    offset: float = Field(default=0.0, ge=-1e12, le=1e12)
     group: str = Field(default=DEFAULT_GROUP, pattern=NAME_PATTERN)
 
     @model_validator(mode="before")
@@ -121,12 +140,28 @@ class PollGroup(Model):
 
 
 class SerialSettings(Model):
-    port: str = Field(min_length=1, description="serial device, e.g. /dev/ttyUSB0")
+    port: str = Field(min_length=1, max_length=255, description="serial device, e.g. /dev/ttyUSB0")
     baudrate: int = Field(default=19200, ge=300, le=4_000_000)
     bytesize: Literal[7, 8] = 8
     # The Modbus serial line specification's default is even parity.
     parity: Literal["N", "E", "O"] = "E"
     stop_bits: Literal[1, 2] = 1
+
+    @field_validator("port")
+    @classmethod
+    def _device_path(cls, port: str) -> str:
+        if "://" in port:
+            msg = (
+                f"{port!r} is a URL; give the serial device path ({SERIAL_FORMS}): pyserial's URL handlers"
+                " (spy://, loop://, socket://, rfc2217://, hwgrep://, alt://) open files and network connections"
+            )
+            raise ValueError(msg)
+        if not SERIAL_DEVICE.fullmatch(port):
+            msg = (
+                f"{port!r} is not a serial device path; give one of the forms {SERIAL_FORMS}, /dev/rfcomm0, /dev/pts/N"
+            )
+            raise ValueError(msg)
+        return port
 
 
 class ModbusTcpSource(Reconnecting):
@@ -144,11 +179,11 @@ class ModbusTcpSource(Reconnecting):
     # Flat form (one device): its unit id and points. With ``devices`` leave both out.
     unit_id: int = Field(default=1, ge=0, le=255)
     points: list[ModbusPoint] = Field(default_factory=list)
-    devices: list[ModbusDevice] = Field(default_factory=list)
+    devices: list[ModbusDevice] = Field(default_factory=list, max_length=256)
     # Interval of the "default" poll group; ``poll_groups`` adds named groups with their own interval.
     poll_interval_ms: int = Field(default=1000, ge=10, le=3_600_000)
-    poll_groups: list[PollGroup] = Field(default_factory=list)
-    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    poll_groups: list[PollGroup] = Field(default_factory=list, max_length=64)
+    timeout_s: float = Field(default=2.0, ge=0.05, le=60)
     # Planner: unused registers/bits a read may span to join two points, and the most one read asks for.
     max_gap_registers: int = Field(default=8, ge=0, le=MAX_REGISTERS - 2)
     max_gap_bits: int = Field(default=64, ge=0, le=MAX_BITS - 2)
@@ -157,10 +192,10 @@ class ModbusTcpSource(Reconnecting):
     # Requests in flight at once; above 1 (tcp only) opens that many connections to the host.
     max_outstanding: int = Field(default=1, ge=1, le=16)
     # A device that stops answering is retried after a jittered, growing delay so the others keep their rate.
-    device_backoff_min_s: float = Field(default=1.0, gt=0, le=3600)
-    device_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    device_backoff_min_s: float = Field(default=1.0, ge=0.05, le=3600)
+    device_backoff_max_s: float = Field(default=30.0, ge=0.05, le=3600)
     # A PLC that comes back is polled again within ~5 s (a connect attempt on a plant LAN costs nothing).
-    reconnect_max_s: float = Field(default=4.0, gt=0)
+    reconnect_max_s: float = Field(default=4.0, ge=RECONNECT_MIN_S, le=RECONNECT_MAX_S)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -226,6 +261,17 @@ class ModbusTcpSource(Reconnecting):
             if g.name == group:
                 return g.interval_ms
         return self.poll_interval_ms
+
+    @property
+    def load(self) -> SourceLoad:
+        """Connections to its host (max_outstanding on tcp, else one) and points per second over its groups."""
+        points = self.all_points
+        return SourceLoad(
+            host=self.serial.port if self.serial is not None else str(self.host),
+            connections=self.max_outstanding if self.transport == "tcp" else 1,
+            points=len(points),
+            points_per_s=sum(1000 / self.interval_ms(p.group) for p in points),
+        )
 
     @property
     def endpoint(self) -> str:

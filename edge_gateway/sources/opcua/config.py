@@ -11,10 +11,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
-from edge_gateway.config.common import ALIAS_PATTERN, NAME_PATTERN, LocalPath, Model, Reconnecting, check_unique
+from edge_gateway.config.common import (
+    ALIAS_PATTERN,
+    NAME_PATTERN,
+    LocalPath,
+    Model,
+    Reconnecting,
+    SourceLoad,
+    check_unique,
+)
+
+# Deadband in engineering units: any plant figure, but finite and bounded (docs/configuration.md, "Ranges").
+MAX_DEADBAND = 1e12
 
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 SecurityPolicy = Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
@@ -35,7 +47,7 @@ class OpcUaNode(Model):
     # browse name per element, "/" between), or with the namespace URI: "nsu=urn:plc;Line1/nsu=urn:plc;Counter".
     browse_path: str | None = Field(default=None, min_length=1)
     deadband_type: DeadbandType | None = None  # None: the group's
-    deadband_value: float | None = Field(default=None, ge=0)
+    deadband_value: float | None = Field(default=None, ge=0, le=MAX_DEADBAND)
     sampling_interval_ms: int | None = Field(default=None, ge=0, le=3_600_000)
     queue_size: int | None = Field(default=None, ge=1, le=10_000)
 
@@ -62,7 +74,7 @@ class _Sampling(Model):
     sampling_interval_ms: int = Field(default=0, ge=0, le=3_600_000)
     queue_size: int = Field(default=100, ge=1, le=10_000)
     deadband_type: DeadbandType = "none"
-    deadband_value: float = Field(default=0.0, ge=0)
+    deadband_value: float = Field(default=0.0, ge=0, le=MAX_DEADBAND)
 
 
 class OpcUaGroup(_Sampling):
@@ -112,13 +124,13 @@ class OpcUaSource(Reconnecting, _Sampling):
     name: str = Field(pattern=NAME_PATTERN)
     endpoint: str = Field(pattern=r"^opc\.tcp://", description="opc.tcp://host:port[/path]")
     publishing_interval_ms: int = Field(default=500, ge=10, le=3_600_000)
-    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    timeout_s: float = Field(default=10.0, ge=0.1, le=300)
     # The server sends a keep-alive after this long without data; no publish response (data or
     # keep-alive) for twice that plus timeout_s means the subscription is stalled: it is re-created.
     keepalive_s: float = Field(default=5.0, ge=0.1, le=600)
     # Data-age watchdog: no data change on any subscribed node for this long re-creates the
     # subscription (for servers that keep sending keep-alives from a dead subscription). None = off.
-    max_data_age_s: float | None = Field(default=None, gt=0)
+    max_data_age_s: float | None = Field(default=None, ge=0.1, le=86_400)
     # The reading's timestamp: the SourceTimestamp (falling back to the server's), the ServerTimestamp
     # (falling back to the source's), or neither (the gateway's clock only).
     timestamp: Literal["source", "server", "gateway"] = "source"
@@ -126,9 +138,14 @@ class OpcUaSource(Reconnecting, _Sampling):
     auth: OpcUaAuth | None = None
     # Operation limits used when the server advertises none (0) for a service.
     max_items_per_call: int = Field(default=1000, ge=1, le=100_000)
+    # Bounds on what the server sends (limits.py; docs/opcua.md "Limits"). A response over either transport
+    # limit is dropped as it arrives and its request fails; a value over max_value_bytes is a BAD reading.
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=65_536, le=256 * 1024 * 1024)
+    max_chunk_count: int = Field(default=256, ge=1, le=8192)
+    max_value_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     # Required (as it always was), unless groups are given: then it defaults to [].
     nodes: list[OpcUaNode]
-    groups: list[OpcUaGroup] = Field(default_factory=list)
+    groups: list[OpcUaGroup] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="before")
     @classmethod
@@ -162,3 +179,25 @@ class OpcUaSource(Reconnecting, _Sampling):
 
     def all_nodes(self) -> list[OpcUaNode]:
         return [*self.nodes, *(n for g in self.groups for n in g.nodes)]
+
+    @property
+    def load(self) -> SourceLoad:
+        """One session to the endpoint's host. A polled node: one value per poll. A subscribed node: one per
+        sampling interval (the publishing interval when sampling is 0, "as fast as the server samples"), at
+        most its queue per publishing interval."""
+        per_s = 0.0
+        publish_per_s = 1000 / self.publishing_interval_ms
+        for group, nodes in [(self, self.nodes), *((g, g.nodes) for g in self.groups)]:
+            for node in nodes:
+                if isinstance(group, OpcUaGroup) and group.mode == "poll":
+                    per_s += 1000 / group.poll_interval_ms
+                    continue
+                sampling = node.sampling_interval_ms
+                sampling = group.sampling_interval_ms if sampling is None else sampling
+                queue = node.queue_size or group.queue_size
+                per_s += min(1000 / sampling, queue * publish_per_s) if sampling else publish_per_s
+        try:
+            host = urlsplit(self.endpoint).hostname or self.endpoint
+        except ValueError:  # "opc.tcp://[::1" : count it under the endpoint as written
+            host = self.endpoint
+        return SourceLoad(host=host, connections=1, points=len(self.all_nodes()), points_per_s=per_s)

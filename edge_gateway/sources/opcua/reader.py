@@ -31,6 +31,12 @@ Contract (sources/base.py) plus (reference: docs/opcua.md):
     subscription only when the server refuses (e.g. it restarted).
 - One session's publish handler, watchdogs and poll tasks live in session.py (which sees this reader only
   through its ``SessionOwner`` protocol); creating or taking over the subscription in subscription.py.
+- Bounds (limits.py, values.py; docs/opcua.md "Limits"): the client enforces ``max_message_bytes`` and
+  ``max_chunk_count`` itself. A refused Publish response gives every subscribed alias a BAD reading with
+  the reason (its notifications are lost; the session goes on); a refused Read is split in halves until
+  the node that is too large is alone, which then gets a BAD reading with the reason at every poll
+  (session.py). A value over ``max_value_bytes`` becomes a BAD reading with the reason, before any
+  conversion. Both count in ``errors_by_kind["too_large"]`` and are logged once per session.
 - Security (security.py): Sign / SignAndEncrypt, trust list, user and password; a refused setup
   is reported with what to do and retried with backoff like any connection failure.
 - Cancellation is never swallowed: the session is closed (at most ``CLOSE_TIMEOUT_S``) and the
@@ -51,11 +57,12 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 from edge_gateway.model import Quality, Reading, now_ns
 from edge_gateway.sources.base import Sink, SourceState, SourceStatus
 from edge_gateway.sources.opcua.config import OpcUaSource
+from edge_gateway.sources.opcua.limits import Limits, bound
 from edge_gateway.sources.opcua.nodes import build_items, read_limits, resolve, server_started
 from edge_gateway.sources.opcua.security import SecuritySetupError, secure
 from edge_gateway.sources.opcua.session import SESSION_ERRORS, Session, describe
 from edge_gateway.sources.opcua.subscription import create_subscription, take_over
-from edge_gateway.sources.opcua.values import quality_of, server_overflowed, to_ns, to_value
+from edge_gateway.sources.opcua.values import oversize, quality_of, server_overflowed, to_ns, to_value
 from edge_gateway.util.backoff import Backoff
 from edge_gateway.util.tasks import cancel_and_wait, raise_if_cancelling
 
@@ -131,7 +138,12 @@ class OpcUaReader:
         if quality is Quality.GOOD and code and server_overflowed(code):
             self._count_server_overflow(alias, session)
         variant = dv.Value
-        value = to_value(variant.Value if variant is not None else None)
+        raw = variant.Value if variant is not None else None
+        too_large = oversize(raw, self.config.max_value_bytes)
+        if too_large is not None:
+            self.mark_gap([alias], f"node {alias}: {too_large}", session)
+            return
+        value = to_value(raw)
         pref = self.config.timestamp
         if pref == "source":
             ts = to_ns(dv.SourceTimestamp) or to_ns(dv.ServerTimestamp)
@@ -141,6 +153,16 @@ class OpcUaReader:
             ts = None
         status = None if quality is Quality.GOOD else code
         self.enqueue(Reading(self.name, alias, value, quality, now_ns(), ts, status))
+
+    def mark_gap(self, aliases: list[str], reason: str, session: Session) -> None:
+        """One BAD reading with ``reason`` per alias: a value refused for its size (counted, logged once)."""
+        self.status.error("too_large", reason)
+        if not session.too_large_seen:
+            session.too_large_seen = True
+            _log.warning("opcua %s: %s (BAD reading sent; counted in errors_by_kind.too_large)", self.name, reason)
+        ts = now_ns()
+        for alias in aliases:
+            self.enqueue(Reading(self.name, alias, None, Quality.BAD, ts, None, reason))
 
     def _setup_hint(self, exc: BaseException) -> str:
         c = self.config
@@ -174,6 +196,7 @@ class OpcUaReader:
         client.name = client.description = f"edge-gateway source {self.name}"
         client.session_timeout = SESSION_TIMEOUT_MS
         client.connection_lost_callback = session.connection_lost
+        bound(client, Limits(c.max_message_bytes, c.max_chunk_count), session.response_refused)
         connected = False
         pollers: list[asyncio.Task[None]] = []
         try:

@@ -11,8 +11,9 @@ Contract:
   connection is refused with a message naming the certificate, and a copy goes to
   ``<cert_dir>/rejected/<sha1>.der`` for the operator to move into the trust list. With
   ``trust_on_first_use`` (never the default) a server whose application URI has no certificate in the
-  trust list yet is trusted and saved there; a *different* certificate for an already trusted URI is
-  still refused. The checked certificate is pinned for the session (asyncua refuses a server that
+  trust list yet is trusted and saved there, but only when the certificate's SubjectAltName names the
+  application URI the server announces; a *different* certificate for an already trusted URI is still
+  refused. The checked certificate is pinned for the session (asyncua refuses a server that
   presents another one in CreateSession).
 - The password comes from ``auth.password_file`` or ``auth.password_env``, read at every connect (so a
   rotated password needs no restart), and never appears in a log line or an error message.
@@ -20,6 +21,7 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -31,11 +33,14 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto import cert_gen, security_policies, uacrypto
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge_gateway.errors import SourceError
 from edge_gateway.sources.opcua.config import OpcUaAuth, OpcUaSecurity, SecurityPolicy
+from edge_gateway.util.files import DIR_OWNER_ONLY, OWNER_ONLY, write_durably
 
 _log = logging.getLogger(__name__)
 
@@ -80,16 +85,7 @@ async def ensure_client_certificate(security: OpcUaSecurity) -> ClientIdentity:
     directory = security.cert_dir
     key_file, cert_file = directory / KEY_FILE, directory / CERT_FILE
     if not (key_file.is_file() and cert_file.is_file()):
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        await cert_gen.setup_self_signed_certificate(
-            key_file,
-            cert_file,
-            uri,
-            socket.gethostname(),
-            [ExtendedKeyUsageOID.CLIENT_AUTH],
-            {"organizationName": "edge-gateway"},
-        )
-        key_file.chmod(0o600)
+        await asyncio.to_thread(_create_key_and_certificate, key_file, cert_file, uri)  # RSA keygen: CPU-bound
         _log.info("opcua: created the client certificate %s for %s (give it to the servers to trust)", cert_file, uri)
         return ClientIdentity(uri, cert_file, key_file)
     cert = await uacrypto.load_certificate(cert_file)
@@ -103,6 +99,28 @@ async def ensure_client_certificate(security: OpcUaSecurity) -> ClientIdentity:
         # Keep the certificate (servers trust it): use the URI it was made for.
         uri = uris[0]
     return ClientIdentity(uri, cert_file, key_file)
+
+
+def _create_key_and_certificate(key_file: Path, cert_file: Path, uri: str) -> None:
+    """What asyncua's ``setup_self_signed_certificate`` does (a missing key is made; a certificate is made for
+    the key), but the key is written owner-only from its creation (util/files; asyncua writes it with the
+    umask's mode, i.e. world-readable for a moment or for good)."""
+    if key_file.is_file():
+        key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            msg = f"{key_file} is not an RSA key (OPC UA needs RSA): remove it and {cert_file} to have both made again"
+            raise SecuritySetupError(msg)
+    else:
+        key = cert_gen.generate_private_key()
+        write_durably(key_file, cert_gen.dump_private_key_as_pem(key), mode=OWNER_ONLY, dir_mode=DIR_OWNER_ONLY)
+    subject_alt_names: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(uri),
+        x509.DNSName(socket.gethostname()),
+    ]
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key, uri, {"organizationName": "edge-gateway"}, subject_alt_names, extended=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    write_durably(cert_file, cert.public_bytes(Encoding.DER), mode=OWNER_ONLY, dir_mode=DIR_OWNER_ONLY)
 
 
 def read_password(auth: OpcUaAuth) -> str:
@@ -165,8 +183,30 @@ def _describe_cert(cert: x509.Certificate, der: bytes) -> str:
     return f"subject {cert.subject.rfc4514_string()!r}, application URI {uri}, SHA-1 {thumbprint(der)}"
 
 
-def check_server_certificate(der: bytes, security: OpcUaSecurity, endpoint: str) -> None:
-    """Raise ``SecuritySetupError`` unless the server certificate is trusted (see the module docstring)."""
+def _first_use_refusal(cert: x509.Certificate, server_uri: str | None, known_uris: set[str]) -> str | None:
+    """Why ``trust_on_first_use`` may not pin ``cert``, or None when it may: the certificate must name, in its
+    SubjectAltName, the application URI the server announces, and no other certificate may be trusted for it."""
+    uris = _uris(cert)
+    if not uris:
+        return "it names no application URI in its SubjectAltName (trust_on_first_use pins only one that does)"
+    if not server_uri or server_uri not in uris:
+        return (
+            f"its SubjectAltName names {', '.join(uris)}, not the application URI the server announces"
+            f" ({server_uri or 'none'}); trust_on_first_use pins only a certificate that matches"
+        )
+    if set(uris) & known_uris:
+        return (
+            "a different certificate is already trusted for this application URI"
+            " (trust_on_first_use does not replace it)"
+        )
+    return None
+
+
+def check_server_certificate(
+    der: bytes, security: OpcUaSecurity, endpoint: str, *, server_uri: str | None = None
+) -> None:
+    """Raise ``SecuritySetupError`` unless the server certificate is trusted (see the module docstring).
+    ``server_uri``: the application URI the server announces with its endpoints (first-use trust needs it)."""
     trust_dir = security.trust_path
     trusted = _load_trusted(trust_dir)
     if der in trusted:
@@ -175,21 +215,17 @@ def check_server_certificate(der: bytes, security: OpcUaSecurity, endpoint: str)
     name = _describe_cert(cert, der)
     if security.trust_on_first_use:
         known_uris = {u for t in trusted for u in _uris(x509.load_der_x509_certificate(t))}
-        if not set(_uris(cert)) & known_uris:
-            trust_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        refusal = _first_use_refusal(cert, server_uri, known_uris)
+        if refusal is None:
             path = trust_dir / f"{thumbprint(der)}.der"
-            path.write_bytes(der)
+            write_durably(path, der, mode=OWNER_ONLY, dir_mode=DIR_OWNER_ONLY)
             _log.warning("opcua: trusted the certificate of %s on first use (%s), saved as %s", endpoint, name, path)
             return
-        reason = (
-            "a different certificate is already trusted for this application URI"
-            " (trust_on_first_use does not replace it)"
-        )
+        reason = refusal
     else:
         reason = "it is not in the trust list"
     rejected = security.cert_dir / "rejected" / f"{thumbprint(der)}.der"
-    rejected.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    rejected.write_bytes(der)
+    write_durably(rejected, der, mode=OWNER_ONLY, dir_mode=DIR_OWNER_ONLY)
     msg = (
         f"refused the server certificate of {endpoint} ({name}): {reason}. If this is the right server,"
         f" copy {rejected} into {trust_dir}"
@@ -221,7 +257,7 @@ async def secure(client: Client, endpoint: str, security: OpcUaSecurity, auth: O
         msg = f"{endpoint} sent no certificate with its {security.policy}/{security.mode} endpoint"
         raise SecuritySetupError(msg)
     der = _first_certificate(chosen.ServerCertificate)
-    check_server_certificate(der, security, endpoint)
+    check_server_certificate(der, security, endpoint, server_uri=chosen.Server.ApplicationUri)
     await client.set_security(policy, identity.cert_file, identity.key_file, server_certificate=der, mode=mode)
     if auth is not None:
         client.set_user(auth.username)

@@ -10,6 +10,10 @@ Contract:
 - Each poll group is one task: RegisterNodes once, then Read requests within the server's limits on a
   fixed schedule; an overrun is counted in ``errors_by_kind["poll_overrun"]`` and skipped, a failed
   Read ends the session.
+- A response refused for its size (limits.py): a Publish response gives every subscribed alias a BAD
+  reading with the reason (``mark_gap``), the session goes on; a chunk over the agreed size ends it. A
+  poll Read refused for its size is split in halves, down to single nodes: those read alone from then
+  on, and a node refused alone gets a BAD reading with the reason at every poll.
 - ``lose`` keeps the first reason only and wakes the reader.
 - The reader is seen only through ``SessionOwner`` (defined here): this module never imports reader.py.
 """
@@ -26,6 +30,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from edge_gateway.sources.base import SourceStatus
+from edge_gateway.sources.opcua.limits import ResponseTooLargeError
 from edge_gateway.sources.opcua.nodes import Item, chunks
 from edge_gateway.util.tasks import raise_if_cancelling
 
@@ -48,6 +53,8 @@ class SessionOwner(Protocol):
     last_sequence: int
 
     def on_value(self, handle: int, dv: ua.DataValue, session: Session) -> None: ...
+
+    def mark_gap(self, aliases: list[str], reason: str, session: Session) -> None: ...
 
 
 def describe(exc: BaseException) -> str:
@@ -77,6 +84,7 @@ class Session:
         self.clock = loop.time
         self.last_publish = self.last_data = self.clock()
         self.overflow_seen = False
+        self.too_large_seen = False  # a value or response refused for its size was logged this session
         self.limits: dict[str, int] = {}
         self.to_poll: list[tuple[Item, ua.NodeId]] = []
 
@@ -99,6 +107,13 @@ class Session:
                 code = notif.Status
                 if code is not None and not code.is_good():
                     self.lose(f"subscription ended by the server: {code.name}")
+
+    def response_refused(self, reason: str, *, fatal: bool) -> None:
+        """limits.py refused a response for its size; ``fatal``: the connection is being closed."""
+        if fatal:
+            self.lose(reason)
+        else:  # a Publish response: its notifications are lost
+            self.reader.mark_gap(self.subscribed, reason, self)
 
     async def connection_lost(self, exc: Exception) -> None:
         self.lose(f"connection to {self.reader.endpoint} lost: {describe(exc)}")
@@ -166,18 +181,16 @@ class Session:
         deadline = loop.time()
         requests = [ua.ReadValueId(NodeId=nid, AttributeId=AttributeIds.Value) for nid in nids]
         pairs = list(zip(items, requests, strict=True))
+        batches = [list(chunk) for chunk in chunks(pairs, self.limits["read"])]
         reader = self.reader
         kinds = reader.status.errors_by_kind
         try:
             while True:
                 raise_if_cancelling()
-                for chunk in chunks(pairs, self.limits["read"]):
-                    params = ua.ReadParameters(
-                        TimestampsToReturn=ua.TimestampsToReturn.Both, NodesToRead=[r for _, r in chunk]
-                    )
-                    results = await client.uaclient.read(params)
-                    for (item, _), dv in zip(chunk, results, strict=True):
-                        reader.on_value(item.handle, dv, self)
+                turn: list[list[tuple[Item, ua.ReadValueId]]] = []
+                for batch in batches:
+                    turn.extend(await self._read(client, batch))
+                batches = turn
                 deadline += interval  # fixed schedule: a slow read does not shift the next ones
                 now = loop.time()
                 if deadline < now:  # overran: skip the missed turns, do not burst
@@ -186,3 +199,21 @@ class Session:
                 await asyncio.sleep(deadline - now)
         except SESSION_ERRORS as exc:
             self.lose(f"poll read at {reader.endpoint}: {describe(exc)}")
+
+    async def _read(
+        self, client: Client, batch: list[tuple[Item, ua.ReadValueId]]
+    ) -> list[list[tuple[Item, ua.ReadValueId]]]:
+        """Read one batch; returns the batches to read next time (halves, when the response was too large)."""
+        params = ua.ReadParameters(TimestampsToReturn=ua.TimestampsToReturn.Both, NodesToRead=[r for _, r in batch])
+        try:
+            results = await client.uaclient.read(params)
+        except ResponseTooLargeError as exc:
+            if len(batch) == 1:
+                item = batch[0][0]
+                self.reader.mark_gap([item.alias], f"node {item.where!r} ({item.alias}): {exc}", self)
+                return [batch]
+            half = len(batch) // 2
+            return [*await self._read(client, batch[:half]), *await self._read(client, batch[half:])]
+        for (item, _), dv in zip(batch, results, strict=True):
+            self.reader.on_value(item.handle, dv, self)
+        return [batch]

@@ -6,6 +6,10 @@
 - Timestamps: nanoseconds since the Unix epoch, None for a missing or null (1601) one.
 - Values: bool, int, float and str pass through; anything else becomes a str: ISO 8601 for DateTime,
   base64 for ByteString, JSON text for arrays and structures, the text of a LocalizedText.
+- Size: ``oversize(value, max_bytes)`` is checked before any conversion. It counts a value as it is on
+  the wire (UTF-8 bytes of a string, bytes of a ByteString or an ExtensionObject's body, 8 bytes per
+  scalar, summed over arrays, matrices and structure fields) and stops counting as soon as the total
+  passes ``max_bytes``, so a 10-million-element array costs no more than a small one to refuse.
 """
 
 from __future__ import annotations
@@ -47,6 +51,43 @@ def to_ns(ts: dt.datetime | None) -> int | None:
         ts = ts.replace(tzinfo=dt.UTC)
     ns = (ts - _EPOCH) // _US * 1000
     return ns if ns > 0 else None
+
+
+def oversize(value: object, max_bytes: int) -> str | None:
+    """Why ``value`` is too large for a Reading (the BAD reading's status), or None when it fits."""
+    if value is None or isinstance(value, int | float):  # the hot path: scalars (bool is an int)
+        return None
+    size = _size(value, max_bytes)
+    if size <= max_bytes:
+        return None
+    if isinstance(value, list | tuple):
+        return f"array of {len(value):,} elements (over {max_bytes:,} bytes) exceeds max_value_bytes {max_bytes:,}"
+    if isinstance(value, str | bytes | bytearray):
+        return f"value of {size:,} bytes exceeds max_value_bytes {max_bytes:,}"
+    return f"value of more than {max_bytes:,} bytes exceeds max_value_bytes {max_bytes:,}"
+
+
+_SCALAR_BYTES = 8
+
+
+def _size(value: object, budget: int) -> int:
+    """Wire size of ``value``, or some number over ``budget`` once it is known to be over."""
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, ua.Variant):
+        value = value.Value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # structures, ExtensionObjects
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, list | tuple | dict):
+        total = 0
+        for x in value.values() if isinstance(value, dict) else value:
+            total += _size(x, budget - total)
+            if total > budget:
+                break
+        return total
+    return _SCALAR_BYTES  # numbers, booleans, DateTime, NodeId, Guid, StatusCode: small, fixed size
 
 
 def to_value(value: object) -> Value:
