@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-opcua bench-modbus bench-e2e build clean
+.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-opcua bench-modbus bench-e2e bench-timings build clean
 
 setup: ## create .venv, install the package with dev extras, install Mosquitto and poppler-utils when missing
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ demo: ## both PLC simulators, a local mTLS broker, the gateway and a live view (
 sim: ## just the two PLC simulators, in the foreground
 	@bash -c 'trap "kill 0" EXIT; $(PY) -m simulators.opcua_plc --port 4840 & $(PY) -m simulators.modbus_plc --port 5020 & wait'
 
-bench: bench-buffer bench-publish bench-opcua bench-modbus bench-e2e
+bench: bench-buffer bench-publish bench-opcua bench-modbus bench-e2e bench-timings
 
 bench-buffer: ## durable appends/s, drain/s, write amplification, RSS with a 10M backlog, recovery time
 	$(PY) -m bench.buffer
@@ -55,6 +55,9 @@ bench-modbus: ## Modbus points/s over TCP, poll lateness p99 at 100 ms, RTU fram
 
 bench-e2e:
 	$(PY) -m bench.e2e
+
+bench-timings: ## what tests no longer assert: fresh-reading delay during a drain, flow-control rate, frozen-broker detection, refused-client retry cost
+	$(PY) -m bench.timings
 
 build: ## the Greengrass component as `gdk component build` makes it, with wheels for x86_64 and aarch64 (downloads them)
 	$(PY) scripts/build_component.py

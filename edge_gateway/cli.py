@@ -15,11 +15,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_gateway import __version__
 from edge_gateway.config.model import GatewayConfig, load_config
-from edge_gateway.errors import ConfigError
+from edge_gateway.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from edge_gateway.config.files import FileProblems
 
 _log = logging.getLogger("edge_gateway")
 
@@ -65,11 +68,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if args.desired is not None:
         return _validate_desired(config, args.config, args.desired)
+    from edge_gateway.config.files import check_files  # noqa: PLC0415 - reads certificates: not for every command
+
+    problems = check_files(config).all
+    if problems:
+        print(ConfigError(f"{args.config} (the files it names)", problems), file=sys.stderr)
+        return EXIT_CONFIG
+    sources = f"{len(config.sources)} source(s)" if config.sources else "no sources"
     print(
-        f"{args.config}: valid ({len(config.sources)} source(s), "
-        f"{len(config.publisher.destinations)} destination(s), thing {config.gateway.thing_name})"
+        f"{args.config}: valid ({sources}, {len(config.publisher.destinations)} destination(s), "
+        f"thing {config.gateway.thing_name})"
     )
+    if not config.sources:
+        print(_no_sources(config))
     return EXIT_OK
+
+
+def _no_sources(config: GatewayConfig) -> str:
+    """What a configuration without sources does, and what it lacks to take its sources from the shadow."""
+    shadow = config.shadow
+    if not shadow.enabled:
+        return "no sources configured and shadow.enabled is false: the gateway would collect nothing; add sources"
+    start = (
+        "no sources configured: the gateway starts, connects and heartbeats, and collects once the device shadow "
+        f"{shadow.name!r} gives it sources"
+    )
+    if shadow.allowed_source_hosts is None:
+        return (
+            f"{start}; but shadow.allowed_source_hosts is not set, and with no sources in the file no host is "
+            "allowed: set it to the PLCs' hosts or networks (docs/configuration.md, 'Device shadow')"
+        )
+    return f"{start} on {', '.join(shadow.allowed_source_hosts) or 'no host (allowed_source_hosts is empty)'}"
 
 
 def _validate_desired(local: GatewayConfig, config_path: Path, path: Path) -> int:
@@ -113,33 +142,46 @@ def _load_greengrass(path: Path | None) -> GatewayConfig | None:
     return config
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace) -> GatewayConfig | None:
+    """The config ``run`` starts from (the file, or Greengrass's), None after printing why there is none."""
     if args.greengrass:
         config = _load_greengrass(args.config)
     elif args.config is None:
         print("run needs --config FILE (or --greengrass, as the Greengrass component runs it)", file=sys.stderr)
-        return EXIT_CONFIG
+        return None
     else:
         config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
-    if config.publisher.mqtt.ipc:
+    if config is not None and config.publisher.mqtt.ipc:
         from edge_gateway.config import greengrass  # noqa: PLC0415 - only in IPC mode
 
         try:
             greengrass.ipc_environment(os.environ)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
-            return EXIT_CONFIG
-    from edge_gateway.control.desired import AppliedConfig, boot_config  # noqa: PLC0415 - keep `validate` light
+            return None
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _run_config(args)
+    if config is None:
+        return EXIT_CONFIG
+    from edge_gateway.config.files import check_files, storage_errors  # noqa: PLC0415 - keep `validate` light
+    from edge_gateway.control.desired import AppliedConfig, boot_config  # noqa: PLC0415
     from edge_gateway.runtime.supervisor import Gateway  # noqa: PLC0415
 
+    origin = args.config or "the Greengrass configuration"
+    # Where the data lives is local only (a shadow cannot move it): checked before the saved state is read.
+    if storage := storage_errors(config):
+        error = ConfigError(f"{origin} (where the gateway keeps its data)", storage)
+        print(f"{error}\nnothing can be collected: fix this and start again", file=sys.stderr)
+        return EXIT_CONFIG
     # A gateway that boots with no network runs the last config the shadow gave it, on top of the file.
     saved = AppliedConfig.load(config.shadow_state_path) if config.shadow.enabled else None
     effective, applied = boot_config(config, saved)
     if applied is not None:
-        local = args.config or "the Greengrass configuration"
-        _log.info("running the saved shadow config (version %d) on top of %s", applied.version, local)
+        _log.info("running the saved shadow config (version %d) on top of %s", applied.version, origin)
+    _log_file_problems(effective, check_files(effective))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -150,10 +192,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except (OSError, StorageError) as exc:  # a file or disk the checks above could not foresee: one clear line
+        _log.error("gateway stopped: %s (run with --log-level debug for the traceback)", exc)
+        _log.debug("gateway stopped", exc_info=True)
+        return EXIT_FAILED
     except Exception:  # noqa: BLE001 - last line of defence: log it with its traceback, exit non-zero
         _log.exception("gateway failed")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _log_file_problems(config: GatewayConfig, problems: FileProblems) -> None:
+    """Before starting: a cloud-side file problem the transport cannot see by itself (a certificate out of date,
+    a CA that did not sign it: awscrt builds its client and only the TLS handshake fails) in one line; what the
+    transport does see (missing, not PEM, key mismatch) it logs itself, once, and retries until the files are
+    fixed; collection goes on either way. A source's own problems once per source (that source retries)."""
+    if problems.handshake:
+        _log.error(
+            "the cloud connection cannot work until its files are fixed; collecting into the buffer and retrying "
+            "meanwhile: %s",
+            "; ".join(str(e) for e in problems.handshake),
+        )
+    for name, errors in problems.sources.items():
+        _log.warning("source %s: %s (it retries until fixed)", name, "; ".join(str(e) for e in errors))
+    if not config.sources:
+        _log.info("%s", _no_sources(config))
 
 
 def _show_status(doc: dict[str, Any], *, as_json: bool, heartbeat: bool) -> str:
@@ -161,10 +224,14 @@ def _show_status(doc: dict[str, Any], *, as_json: bool, heartbeat: bool) -> str:
 
     if as_json:
         return json.dumps(doc, indent=2)
+    status = doc["status"] if heartbeat else doc
+    shown = render(status)
+    if not status.get("sources"):
+        shown += "\n\nno sources configured: the gateway collects once the device shadow gives it sources"
     if not heartbeat:
-        return render(doc)
+        return shown
     sent = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(doc["time"]))
-    return f"last heartbeat acknowledged by the broker, sent {sent} ({doc['state']})\n{render(doc['status'])}"
+    return f"last heartbeat acknowledged by the broker, sent {sent} ({doc['state']})\n{shown}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

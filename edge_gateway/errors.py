@@ -3,7 +3,9 @@ them (named here with their module), so each knows whether it is retryable::
 
     GatewayError
     ├── ConfigError              permanent: the operator must fix the config (carries every field error)
-    │                            SpecError (gxp/iq.py): the IQ spec document is malformed
+    │                            SpecError (gxp/iq_spec.py): the IQ spec document is malformed
+    ├── FileCheckError           (config/credentials.py) permanent: a file the config names is missing,
+    │                            unreadable, not PEM, mismatched or out of date (becomes a FieldError)
     ├── SourceError              retryable: a PLC did not answer or answered garbage
     │   ├── ConnectionLostError  (sources/modbus/client.py) the connection dropped mid-request: reconnect
     │   ├── RequestError         (sources/modbus/client.py) one request failed: a BAD reading, go on

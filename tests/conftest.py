@@ -12,6 +12,7 @@ import pytest
 from edge_gateway.publish.transport.mqtt import MqttTransport
 from edge_gateway.sources.base import Sink, Source
 from simulators.iot_core import MosquittoBroker
+from simulators.opcua_process import OpcUaSimProcess
 from simulators.pki import Pki, add_client, generate_pki
 from simulators.ports import free_port
 from simulators.process import stop_process
@@ -22,6 +23,7 @@ from tests.support import (
     THING,
     Consumer,
     GatewayProcess,
+    PlcProcesses,
     Starter,
     gateway_config,
     mqtt_settings,
@@ -58,14 +60,38 @@ async def consumer(pki: Pki, broker: MosquittoBroker) -> AsyncIterator[Consumer]
 
 
 @pytest.fixture
-def plcs() -> Iterator[tuple[int, int]]:
-    """Both PLC simulators as subprocesses: (OPC UA port, Modbus port)."""
+def plc_processes() -> Iterator[PlcProcesses]:
     opcua_port, modbus_port = free_port(), free_port()
-    opcua = start_sim("simulators.opcua_plc", opcua_port)
-    modbus = start_sim("simulators.modbus_plc", modbus_port, tick_ms=MODBUS_TICK_MS)
-    yield opcua_port, modbus_port
-    stop_process(opcua)
-    stop_process(modbus)
+    procs = {"press": start_sim("simulators.opcua_plc", opcua_port)}
+    try:
+        procs["boiler"] = start_sim("simulators.modbus_plc", modbus_port, tick_ms=MODBUS_TICK_MS)
+        yield PlcProcesses((opcua_port, modbus_port), procs)
+    finally:
+        for proc in procs.values():
+            stop_process(proc)
+
+
+@pytest.fixture
+def plcs(plc_processes: PlcProcesses) -> tuple[int, int]:
+    """Both PLC simulators as subprocesses: (OPC UA port, Modbus port)."""
+    return plc_processes.ports
+
+
+@pytest.fixture
+def opcua_sim() -> Iterator[OpcUaSimProcess]:
+    """The OPC UA simulator as a process the test starts, kills and restarts; stopped in teardown."""
+    sim = OpcUaSimProcess(free_port())
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def running_opcua_sim() -> Iterator[OpcUaSimProcess]:
+    """One started OPC UA simulator process shared by a module's tests (they must not stop it)."""
+    sim = OpcUaSimProcess(free_port())
+    sim.start()
+    yield sim
+    sim.stop()
 
 
 @pytest.fixture

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 
 from edge_gateway.buffer.base import Buffer
 from edge_gateway.config.model import DestinationBase, MqttSettings
+from edge_gateway.model import Quality, Reading
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.encode.encoder import encoder_for
 from edge_gateway.publish.publisher import Publisher
@@ -60,6 +62,67 @@ def mqtt_settings(pki: Pki, broker: MosquittoBroker, *, client: str = THING, **o
         "iot_core_flow_control": False,
     }
     return MqttSettings(**(values | overrides))
+
+
+class Collected:
+    """The sink every reader test hands its reader (a real ``Sink``, not a recorder of calls): keeps each
+    call's readings as one batch (for Modbus, one poll), in order. ``delay_s`` makes each call take that
+    long (a slow buffer); ``on_poll(n)`` runs inside the n-th call, before the delay."""
+
+    def __init__(self, delay_s: float = 0.0, on_poll: Callable[[int], None] | None = None) -> None:
+        self.batches: list[list[Reading]] = []
+        self.readings: list[Reading] = []
+        self.delay_s = delay_s
+        self.on_poll = on_poll
+
+    async def __call__(self, readings: Sequence[Reading]) -> None:
+        self.batches.append(list(readings))
+        self.readings.extend(readings)
+        if self.on_poll is not None:
+            self.on_poll(len(self.batches))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+
+    @property
+    def polls(self) -> list[list[Reading]]:
+        return self.batches
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    def of(self, alias: str, quality: Quality | None = Quality.GOOD) -> list[Reading]:
+        """The readings of one alias, of one quality (None: any), in order."""
+        return [r for r in self.readings if r.point == alias and (quality is None or r.quality is quality)]
+
+    def values(self, alias: str) -> list[Any]:
+        """The values of the GOOD readings of one alias, in order."""
+        return [r.value for r in self.of(alias)]
+
+    good = values
+
+    def bad(self, alias: str) -> list[Reading]:
+        return self.of(alias, Quality.BAD)
+
+    async def wait(self, predicate: Callable[[], object], timeout_s: float = 30, what: str = "the condition") -> None:
+        """Wait for ``predicate``; the timeout only gives up (see ``until``)."""
+        try:
+            await until(predicate, timeout_s)
+        except TimeoutError:
+            waited_s = max(timeout_s, GIVE_UP_MIN_S)
+            msg = f"{what}: not within {waited_s} s; got {len(self.readings)} readings in {self.calls} calls"
+            raise AssertionError(msg) from None
+
+
+# A wait only gives up: it is never a bound on speed, so never shorter than this on a loaded machine.
+GIVE_UP_MIN_S = 30.0
+
+
+async def until(predicate: Callable[[], object], timeout_s: float = GIVE_UP_MIN_S) -> None:
+    """Poll ``predicate`` until it holds; TimeoutError after ``timeout_s`` or GIVE_UP_MIN_S, the longer."""
+    async with asyncio.timeout(max(timeout_s, GIVE_UP_MIN_S)):
+        while not predicate():
+            await asyncio.sleep(0.02)
 
 
 # Starts a coroutine as a task the test fixture stops at teardown (conftest ``start_task``).
@@ -149,6 +212,14 @@ async def running_publisher(
             await running
         await transport.stop()
         await buffer.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlcProcesses:
+    """Both PLC simulators as subprocesses; a test may stop one (``stop_process``) to make its PLC vanish."""
+
+    ports: tuple[int, int]  # (OPC UA, Modbus)
+    procs: dict[str, subprocess.Popen[str]]  # "press" (OPC UA) and "boiler" (Modbus), as gateway_config names them
 
 
 def start_sim(module: str, port: int, tick_ms: int = 100) -> subprocess.Popen[str]:

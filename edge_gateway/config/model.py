@@ -284,7 +284,9 @@ class GatewayConfig(Model):
     version: Literal[1] = 1
     gateway: GatewaySettings
     buffer: BufferSettings = BufferSettings()
-    sources: list[SourceConfig] = Field(min_length=1, max_length=1000)
+    # May be empty (or left out): the gateway then starts, connects and heartbeats, and takes its sources
+    # from the device shadow (a Greengrass deployment for a whole thing group, each gateway by its shadow).
+    sources: list[SourceConfig] = Field(default_factory=list, max_length=1000)
     publisher: PublisherSettings
     status: StatusSettings = StatusSettings()
     heartbeat: HeartbeatSettings = HeartbeatSettings()

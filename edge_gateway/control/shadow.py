@@ -40,20 +40,16 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from edge_gateway.config.diff import ConfigDiff, config_hash, diff
 from edge_gateway.config.model import GatewayConfig
-from edge_gateway.control.confirm import probation, snapshot
+from edge_gateway.control.confirm import Watched, probation, snapshot
 from edge_gateway.control.desired import AppliedConfig, effective_config
 from edge_gateway.errors import ConfigError, GatewayError, PublishError
 from edge_gateway.gxp.audit import CONFIG_APPLIED, CONFIG_REJECTED, CONFIG_ROLLED_BACK, AuditError, changed_paths
 from edge_gateway.gxp.audit_values import changed_values, offending_values
 from edge_gateway.gxp.recorder import AuditRecorder
-from edge_gateway.publish.publisher import Publisher
-from edge_gateway.publish.transport.base import Transport
-from edge_gateway.sources.base import Source
 from edge_gateway.util.backoff import Backoff
 from edge_gateway.util.jsondoc import canonical, loads, removed_as_null, sha256
 
@@ -63,11 +59,11 @@ _RETRYABLE_CODES = frozenset({429, 500, 503})
 _NOT_FOUND = 404
 
 
-class Reconfigurable(Protocol):
-    """What the shadow agent needs of the running gateway (runtime/supervisor.py): the configs it builds
-    on, the connection its requests go through, the sources and publishers it watches during a confirm
-    window, the audit trail (None when disabled, or when it could not be opened: then ``audit_error`` says
-    why), and ``apply`` (switch to a validated config by diff)."""
+class Reconfigurable(Watched, Protocol):
+    """What the shadow agent needs of the running gateway (runtime/supervisor.py): what the confirm window
+    watches (the connection its requests also go through, sources, publishers), the configs it builds on,
+    the audit trail (None when disabled, or when it could not be opened: then ``audit_error`` says why), and
+    ``apply`` (switch to a validated config by diff)."""
 
     @property
     def config(self) -> GatewayConfig: ...
@@ -75,12 +71,6 @@ class Reconfigurable(Protocol):
     def local(self) -> GatewayConfig: ...
     @property
     def applied(self) -> AppliedConfig | None: ...
-    @property
-    def transport(self) -> Transport: ...
-    @property
-    def sources(self) -> Sequence[Source]: ...
-    @property
-    def publishers(self) -> Sequence[Publisher]: ...
     @property
     def audit(self) -> AuditRecorder | None: ...
     @property

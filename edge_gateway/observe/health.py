@@ -14,6 +14,10 @@ Material: anything above but ``at`` and the counts' exact values (a count going 
 material, every further increment is not). A source removed by a configuration change is reported as
 ``null`` (the service merges updates).
 
+No sources (a configuration that waits for the shadow to give it sources): the problem ``"no sources
+configured"``, so the state is ``degraded``: the gateway works (it connects and heartbeats) but collects
+nothing, and a fleet query for degraded gateways finds the ones no shadow has configured yet.
+
 Audit problems (from the status's ``audit`` section): ``"audit trail not writable"`` while the trail could
 not be opened or its last write failed (shadow changes are refused meanwhile), and ``"audit trail
 discontinuity"`` when, at start, it did not hold the last entry the cloud acknowledged (gxp/audit_anchor.py;
@@ -29,6 +33,7 @@ from typing import Any
 from edge_gateway.util.jsondoc import removed_as_null
 
 _MINUTE, _HOUR, _DAY = 60.0, 3600.0, 86_400.0
+NO_SOURCES = "no sources configured"
 
 
 def _backlog_class(age_s: float | None) -> str:
@@ -48,6 +53,8 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
     dead = sum(d.get("dead_lettered", 0) for d in status["destinations"].values())
     synchronised = status.get("clock", {}).get("synchronised")
     problems = [f"source {n} {state}" for n, state in sources.items() if state in ("reconnecting", "failing")]
+    if not sources:
+        problems.append(NO_SOURCES)
     if not status["mqtt"].get("connected", True):
         problems.append("cloud connection down")
     if backlog != "none":

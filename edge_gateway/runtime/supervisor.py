@@ -1,6 +1,9 @@
 """The gateway process: builds the stages from the config and runs them in one TaskGroup.
 
-Start order: buffer (recovery) → MQTT transport → publishers, buffer maintenance, status → sources.
+Start order: buffer (recovery) → publishers (they wait for the connection), buffer maintenance, status →
+sources → MQTT transport. Sources never wait for the cloud side: a transport whose certificate, key or CA
+cannot be used starts "not connected", says why in the status, and rebuilds its client when the files are
+fixed (task ``mqtt:files``, publish/transport/mqtt.py).
 Stop order (SIGTERM/SIGINT): sources first (nothing new is collected), publishers get
 ``_DRAIN_GRACE_S`` to finish what is in flight, then the MQTT client stops cleanly (no Last Will), then the
 buffer flushes its ledger. Greengrass kills after 5 s, so the whole stop stays well under that.
@@ -32,6 +35,7 @@ from edge_gateway.observe.status import StatusReporter, atomic_write, clock_sync
 from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.encode.encoder import encoder_for
 from edge_gateway.publish.publisher import Publisher
+from edge_gateway.publish.transport.mqtt import MqttTransport
 from edge_gateway.runtime.reconfigure import Stages
 from edge_gateway.runtime.sink import BufferSink
 from edge_gateway.runtime.wiring import make_buffer, make_transport
@@ -209,7 +213,6 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._starting()
-        await self.transport.start()
         _log.info(
             "gateway %s started: %d source(s), %d destination(s), buffer %s",
             self.thing,
@@ -225,11 +228,16 @@ class Gateway:
                     tg.create_task(self.status.run(), name="status"),
                     tg.create_task(self.presence.run(self.transport), name="heartbeat"),
                 ]
+                if isinstance(self.transport, MqttTransport):  # rebuilds its client when the files change
+                    back.append(tg.create_task(restarting("mqtt:files", self.transport.watch_files), name="mqtt:files"))
                 if self.audit is not None:
                     back.append(tg.create_task(restarting("audit", self.audit.publisher.run), name="audit"))
                 if self.shadow is not None:
                     back.append(tg.create_task(restarting("shadow", self.shadow.run), name="shadow"))
                 self.stages.start_sources()
+                # Last: sources collect whatever happens to the cloud side (the MQTT transport never raises for
+                # missing or bad files; it reports them in the status and retries, mqtt.py).
+                await self.transport.start()
                 await stop.wait()
                 _log.info("stopping: sources first, then publishers (%.0f s grace)", _DRAIN_GRACE_S)
                 async with self._apply_lock:  # no configuration change half done

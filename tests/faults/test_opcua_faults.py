@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,18 +16,11 @@ from edge_gateway.sources.opcua.config import OpcUaSource
 from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.opcua_plc import node_id
 from simulators.opcua_process import OpcUaSimProcess
-from simulators.ports import free_port
-from tests.integration.test_opcua_source import Collected, assert_consecutive
+from tests.integration.test_opcua_source import assert_consecutive
 from tests.netpath import NetPath
+from tests.support import Collected
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def sim() -> Iterator[OpcUaSimProcess]:
-    p = OpcUaSimProcess(free_port())
-    yield p
-    p.stop()
 
 
 def source(port: int, **fields: Any) -> OpcUaSource:
@@ -47,16 +40,16 @@ def source(port: int, **fields: Any) -> OpcUaSource:
     return OpcUaSource.model_validate(doc | fields)
 
 
-async def test_plc_killed_and_restarted_data_resumes_within_10_s_with_the_gap_marked(
-    sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
+async def test_plc_killed_and_restarted_data_resumes_at_the_first_attempt_after_it_is_back_with_the_gap_marked(
+    opcua_sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
 ) -> None:
-    await asyncio.to_thread(sim.start)
+    await asyncio.to_thread(opcua_sim.start)
     sink = Collected()
-    reader = OpcUaReader(source(sim.port))
+    reader = OpcUaReader(source(opcua_sim.port))
     run_reader(reader, sink)
     await sink.wait(lambda: len(sink.values("plc.counter")) >= 10, 10, "counter values")
 
-    sim.kill()
+    opcua_sim.kill()
     killed_ns = time.time_ns()
     await sink.wait(lambda: len(sink.of("plc.counter", Quality.BAD)) == 1, 10, "the gap marker")
     before = sink.values("plc.counter")
@@ -64,11 +57,12 @@ async def test_plc_killed_and_restarted_data_resumes_within_10_s_with_the_gap_ma
     assert reader.status.state is SourceState.RECONNECTING
     down = len(sink.readings)
 
-    await asyncio.to_thread(sim.start)  # a new process on the same port
-    back = time.monotonic()
-    await sink.wait(lambda: len(sink.values("plc.counter")) > len(before), 10, "data after the restart")
-    resumed_s = time.monotonic() - back
-    assert resumed_s < 10, resumed_s
+    await asyncio.to_thread(opcua_sim.start)  # a new process on the same port, listening when this returns
+    failed_before_back = reader.status.reconnects
+    await sink.wait(lambda: len(sink.values("plc.counter")) > len(before), 60, "data after the restart")
+    # Counted, not timed: at most one attempt (under way as the PLC came up) fails after it is back, so the
+    # data resumes within one backoff delay, which never exceeds reconnect_max_s (5 s; test_backoff.py).
+    assert reader.status.reconnects - failed_before_back <= 1, (failed_before_back, reader.status)
 
     # Nothing but the gap marker between the last value before the kill and the first after the restart.
     gap = [r for r in sink.readings if r.quality is Quality.BAD]
@@ -85,10 +79,10 @@ async def test_plc_killed_and_restarted_data_resumes_within_10_s_with_the_gap_ma
 
 
 async def test_after_a_network_cut_the_new_session_takes_the_subscription_over_without_losing_values(
-    sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
+    opcua_sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
 ) -> None:
-    await asyncio.to_thread(sim.start)
-    with NetPath("127.0.0.1", sim.port) as path:
+    await asyncio.to_thread(opcua_sim.start)
+    with NetPath("127.0.0.1", opcua_sim.port) as path:
         sink = Collected()
         reader = OpcUaReader(source(path.port))
         run_reader(reader, sink)

@@ -116,7 +116,6 @@ class Device:
     work: Path
     venv: Path
     path: str  # PATH with a python3.11
-    install_s: float
 
     def lifecycle(self) -> dict[str, Any]:
         steps: dict[str, Any] = self.recipe["Manifests"][0]["Lifecycle"]
@@ -169,18 +168,17 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Device:
     bin_dir.mkdir()
     (bin_dir / "python3.11").symlink_to(getattr(sys, "_base_executable", sys.executable))
     variables = {"work:path": str(work), "artifacts:decompressedPath": str(decompressed), "iot:thingName": THING}
-    device = Device(recipe, variables, work, work / f"venv-{component.version}", f"{bin_dir}:/usr/bin:/bin", 0.0)
-
-    started = time.monotonic()
+    device = Device(recipe, variables, work, work / f"venv-{component.version}", f"{bin_dir}:/usr/bin:/bin")
+    # Within the recipe's Install Timeout, or the nucleus (and Device.install) gives up: that is the bound.
+    # How long it takes is not asserted (a loaded machine); the build's own timing is in the CI log.
     done = device.install()
     assert done.returncode == 0, done.stdout + done.stderr
-    return Device(recipe, variables, work, device.venv, device.path, time.monotonic() - started)
+    return device
 
 
 def test_install_builds_the_venv_offline_and_removes_older_ones(device: Device) -> None:
     assert (device.venv / ".installed").is_file()
     assert not (device.work / "venv-0.0.9").exists()
-    assert device.install_s < device.lifecycle()["Install"]["Timeout"]
     version = subprocess.run(
         [device.venv / "bin" / "edge-gateway", "--version"], capture_output=True, text=True, check=True, timeout=60
     )
@@ -188,12 +186,16 @@ def test_install_builds_the_venv_offline_and_removes_older_ones(device: Device) 
 
 
 def test_install_again_at_the_next_nucleus_start_is_a_no_op(device: Device) -> None:
+    def tree() -> list[tuple[str, int]]:  # every directory of the venv and when it last changed
+        return sorted((str(p), p.stat().st_mtime_ns) for p in device.venv.rglob("*") if p.is_dir())
+
     marker = (device.venv / ".installed").stat().st_mtime_ns
-    started = time.monotonic()
+    before = tree()
     done = device.install()
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - started < 5
+    # Nothing was installed again (state, not speed): the marker and every directory are untouched.
     assert (device.venv / ".installed").stat().st_mtime_ns == marker
+    assert tree() == before
 
 
 def test_install_without_python311_says_what_is_missing(device: Device) -> None:
@@ -252,11 +254,10 @@ async def test_run_publishes_and_stops_cleanly_on_sigterm(
         assert cmdline[1:3] == [b"-m", b"edge_gateway"]  # sh exec'd the gateway: SIGTERM reaches it
 
         proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = await asyncio.to_thread(proc.wait, 10)
+        # A clean exit, and "stopped" (not a Last Will): the order of what the broker saw, not a stop time.
+        code = await asyncio.to_thread(proc.wait, 60)
         assert code == 0, log.read_text(errors="replace")[-3000:]
-        assert time.monotonic() - started < 5
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while "stopped" not in consumer.presence() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert consumer.presence()[0] == "online"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,8 +121,11 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
     assert ("CLOCK NOT SYNCHRONISED" in table) == (synchronised is False)
     assert "press" in table
     assert "boiler" in table
-    gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(beats[1:])]  # the first follows the connect
-    assert all(0.5 < g < 3.0 for g in gaps), gaps
+    # At most one heartbeat per interval (the first follows the connect): a lower bound a loaded machine
+    # cannot break, as it only stretches the gaps; that they keep coming is the wait for six above.
+    times = [b["time"] for b in beats[1:]]
+    assert times == sorted(set(times)), times
+    assert all(b - a > 0.5 for a, b in itertools.pairwise(times)), times
     for beat in beats:
         assert beat["state"] == "online"
         assert beat["gw"] == THING
@@ -131,16 +135,24 @@ async def test_heartbeats_carry_the_status_at_the_interval_and_agree_with_what_a
         host = status["host"]
         assert host["rss_mb"] > 10
         assert host["disk_free_mb"] > 0
-        assert host["load_1m"] >= 0
+        assert type(host["load_1m"]) is float  # os.getloadavg()[0], rounded: never None, an int or a string
+        assert 0 <= host["load_1m"] < 1000
         clock = status["clock"]
         assert isinstance(clock["synchronised"], bool)  # Linux: the kernel's NTP state
         assert clock["synchronised"] == synchronised
-        assert clock["max_error_ms"] >= 0
+        # The kernel's maxerror is in microseconds and capped at 16 s (NTP_PHASE_LIMIT): in ms, 0..16,000.
+        # A value left in microseconds would exceed it on an unsynchronised clock (maxerror at its cap).
+        assert type(clock["max_error_ms"]) in {int, float}
+        assert 0 <= clock["max_error_ms"] <= 16_000
         assert clock["jumps"] == 0
     cpu = [b["status"]["host"]["cpu_percent"] for b in beats]
-    assert cpu[0] is None or cpu[0] >= 0  # the very first snapshot has no interval to measure over
-    assert [c for c in cpu[1:] if c is not None]
-    assert all(c >= 0 for c in cpu[1:] if c is not None)
+    # This process's CPU time over the wall time since the previous snapshot, in % of one core: between 0 and
+    # 100 per core (a ratio upside down, or CPU seconds over wall milliseconds, falls outside). The very first
+    # snapshot may have no interval to measure over (None).
+    measured = [c for c in cpu if c is not None]
+    assert len(measured) >= len(cpu) - 1, cpu
+    assert all(0 <= c <= 100 * (os.cpu_count() or 1) for c in measured), cpu
+    assert any(c > 0 for c in measured), cpu  # collecting and publishing for seconds costs some CPU
     # What a heartbeat says was acknowledged had arrived at the subscriber by the next heartbeat.
     received_at = [seen for kind, seen in received if kind == "heartbeat"]
     acked = [b["status"]["destinations"]["cloud"]["points"] for b in beats]

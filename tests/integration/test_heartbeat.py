@@ -11,11 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_gateway.observe.status import clock_synchronised
@@ -25,30 +24,16 @@ from simulators.ports import free_port
 from simulators.process import stop_process
 from simulators.shadow import ShadowService
 from tests.support import (
-    MODBUS_TICK_MS,
     THING,
     Consumer,
     GatewayProcess,
+    PlcProcesses,
     gateway_config,
-    start_sim,
 )
 
 STATUS = f"dt/{THING}/status"
 SHADOW = "edge-gateway"
 HEARTBEAT_S = 2
-
-
-@pytest.fixture
-def own_plcs() -> Iterator[dict[str, Any]]:
-    """Both PLC simulators, which the test may stop: {"ports": (opcua, modbus), "procs": {...}}."""
-    opcua_port, modbus_port = free_port(), free_port()
-    procs = {
-        "press": start_sim("simulators.opcua_plc", opcua_port),
-        "boiler": start_sim("simulators.modbus_plc", modbus_port, tick_ms=MODBUS_TICK_MS),
-    }
-    yield {"ports": (opcua_port, modbus_port), "procs": procs}
-    for proc in procs.values():
-        stop_process(proc)
 
 
 async def until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -93,11 +78,11 @@ async def test_heartbeat_status_metrics_and_shadow_health_agree_and_follow_a_sto
     tmp_path: Path,
     pki: Pki,
     broker: MosquittoBroker,
-    own_plcs: dict[str, Any],
+    plc_processes: PlcProcesses,
     consumer: Consumer,
     shadow: ShadowService,
 ) -> None:
-    opcua_port, modbus_port = own_plcs["ports"]
+    opcua_port, modbus_port = plc_processes.ports
     config = gateway_config(tmp_path, pki, broker, opcua_port=opcua_port, modbus_port=modbus_port)
     metrics_port = free_port()
     config["heartbeat"] = {"interval_s": HEARTBEAT_S, "shadow_min_interval_s": 1}
@@ -154,25 +139,33 @@ async def test_heartbeat_status_metrics_and_shadow_health_agree_and_follow_a_sto
         assert ok["clock_synchronised"] == clock_synchronised()
         assert ok["config_hash"] == live["gateway"]["config"]["hash"]
 
-        # A PLC stopped: the next heartbeat (within one interval) says reconnecting, with the error.
-        stop_process(own_plcs["procs"]["boiler"])
+        # A PLC stopped: a heartbeat soon says reconnecting, with the error, and the reconnect count grows.
+        stop_process(plc_processes.procs["boiler"])
         stopped_at = time.time()
 
-        def reconnecting() -> dict[str, Any] | None:
-            for beat in beats:
-                boiler = beat["status"]["sources"]["boiler"]
-                if beat["time"] > stopped_at and boiler["state"] == "reconnecting":
-                    return beat
-            return None
+        def after_stop() -> list[dict[str, Any]]:
+            return [b for b in beats if b["time"] > stopped_at]
 
-        beat = await until(reconnecting, 3 * HEARTBEAT_S + 5, "a heartbeat saying boiler reconnects")
-        assert beat["time"] - stopped_at <= HEARTBEAT_S + 2  # the first heartbeat after the stop says so
+        def reconnecting() -> dict[str, Any] | None:
+            return next((b for b in after_stop() if b["status"]["sources"]["boiler"]["state"] == "reconnecting"), None)
+
+        beat = await until(reconnecting, 10 * HEARTBEAT_S + 10, "a heartbeat saying boiler reconnects")
+        # Counted in heartbeats, not seconds: the one being built as the PLC went away may still say
+        # connected (a poll every 50 ms notices), the one after it must not.
+        assert after_stop().index(beat) <= 1, [b["status"]["sources"]["boiler"] for b in after_stop()]
         boiler = beat["status"]["sources"]["boiler"]
         assert boiler["last_error"]
-        assert boiler["reconnects"] >= 0
+        again = await until(
+            lambda: next(
+                (b for b in after_stop() if b["status"]["sources"]["boiler"]["reconnects"] > boiler["reconnects"]), None
+            ),
+            10 * HEARTBEAT_S + 10,
+            "a heartbeat counting more reconnects",
+        )
+        assert again["status"]["sources"]["boiler"]["state"] == "reconnecting"  # the PLC is still away
         assert beat["status"]["sources"]["press"]["state"] == "connected"
         degraded = await until(
-            lambda: (h := health(shadow)) and h["sources"]["boiler"] != "connected" and h, 10, "health degraded"
+            lambda: (h := health(shadow)) and h["sources"]["boiler"] != "connected" and h, 30, "health degraded"
         )
         assert degraded["state"] == "degraded"
         assert degraded["problems"] == ["source boiler reconnecting", *clock]
@@ -183,8 +176,12 @@ async def test_heartbeat_status_metrics_and_shadow_health_agree_and_follow_a_sto
         assert gateway.stop() == 0
     log = gateway.log()
     assert f"Prometheus metrics at http://127.0.0.1:{metrics_port}/metrics" in log
-    gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(beats[1:])]  # the first follows the connect
-    assert all(HEARTBEAT_S * 0.5 < g < HEARTBEAT_S * 2 for g in gaps), gaps
+    # One heartbeat per interval at most (after the one that follows the connect): the loop sleeps a whole
+    # interval between beats, and a loaded machine only stretches the gaps, so this lower bound cannot
+    # fail for being slow. That beats keep coming is shown above (a later one counted more reconnects).
+    times = [b["time"] for b in beats[1:]]
+    assert times == sorted(set(times)), times
+    assert all(b - a > HEARTBEAT_S * 0.5 for a, b in itertools.pairwise(times)), times
 
 
 async def test_a_taken_metrics_port_is_logged_and_the_gateway_runs_on(

@@ -16,8 +16,7 @@ from edge_gateway.sources.modbus.config import ModbusSource
 from edge_gateway.sources.modbus.reader import ModbusReader
 from edge_gateway.sources.modbus.recovery import QUARANTINE_S
 from simulators.modbus_process import ModbusSimProcess
-from tests.integration.test_modbus_source import Collect, until
-from tests.support import Starter
+from tests.support import Collected, Starter, until
 
 
 def line_config(sim: ModbusSimProcess, devices: list[dict[str, Any]], **overrides: Any) -> ModbusSource:
@@ -50,7 +49,7 @@ PROCESS_POINTS: list[dict[str, Any]] = [
 ]
 
 
-def polls_of(sink: Collect, device_name: str) -> list[list[Any]]:
+def polls_of(sink: Collected, device_name: str) -> list[list[Any]]:
     return [poll for poll in sink.polls if poll and poll[0].point.startswith(f"{device_name}.")]
 
 
@@ -67,7 +66,7 @@ async def test_spread_points_are_read_in_the_fewest_requests_counted_at_the_simu
             max_gap_bits=4,
         )
         reader = ModbusReader(config)
-        sink = Collect()
+        sink = Collected()
         start_task(reader.run(sink))
         await until(lambda: len(sink.polls) == 2)
         assert all(r.quality is Quality.GOOD for poll in sink.polls for r in poll)
@@ -92,7 +91,7 @@ async def test_poll_groups_keep_their_own_intervals(start_task: Starter) -> None
             [device("d", 1, points)],
             poll_groups=[{"name": "fast", "interval_ms": 50}, {"name": "slow", "interval_ms": 500}],
         )
-        sink = Collect()
+        sink = Collected()
         start_task(ModbusReader(config).run(sink))
         await until(lambda: sum(1 for p in sink.polls if p[0].point == "d.slow") >= 3)
         groups = [{r.point for r in poll} for poll in sink.polls]
@@ -106,27 +105,40 @@ async def test_poll_groups_keep_their_own_intervals(start_task: Starter) -> None
 
 @pytest.mark.parametrize("transport", ["tcp", "rtu"])
 async def test_a_dead_unit_does_not_lower_the_healthy_units_poll_rate(start_task: Starter, transport: str) -> None:
-    interval_s, window_s = 0.1, 4.0
-    with ModbusSimProcess(transport=transport, units=(1,)) as sim:
-        config = line_config(
-            sim,
-            [device("ok", 1, PROCESS_POINTS), device("dead", 9, PROCESS_POINTS)],
-            timeout_s=0.08,
+    """Rate against a control, not against the clock: the same healthy unit alone on a line of its own,
+    polled by a second reader on this same event loop over the same window, so a loaded machine slows
+    both alike. A dead unit that held up the line (no backoff, or waits in the healthy unit's slots)
+    would leave its neighbour with a fraction of the control's polls."""
+    window_s = 4.0
+    with (
+        ModbusSimProcess(transport=transport, units=(1,)) as sim,
+        ModbusSimProcess(transport=transport, units=(1,)) as alone_sim,
+    ):
+        reader = ModbusReader(
+            line_config(sim, [device("ok", 1, PROCESS_POINTS), device("dead", 9, PROCESS_POINTS)], timeout_s=0.08)
         )
-        reader = ModbusReader(config)
-        sink = Collect()
+        alone = ModbusReader(line_config(alone_sim, [device("ok", 1, PROCESS_POINTS)], timeout_s=0.08))
+        sink, control = Collected(), Collected()
         start_task(reader.run(sink))
-        await until(lambda: len(polls_of(sink, "ok")) >= 3 and polls_of(sink, "dead"))
-        before = len(polls_of(sink, "ok"))
+        start_task(alone.run(control))
+        await until(
+            lambda: len(polls_of(sink, "ok")) >= 3 and polls_of(sink, "dead") and len(polls_of(control, "ok")) >= 3,
+            60,
+        )
+        before, control_before = len(polls_of(sink, "ok")), len(polls_of(control, "ok"))
+        dead = reader.devices["dead"]
+        probes_before = dead.requests
         await asyncio.sleep(window_s)
         healthy = len(polls_of(sink, "ok")) - before
-        assert healthy >= 0.9 * window_s / interval_s, (healthy, reader.devices)
+        alone_polls = len(polls_of(control, "ok")) - control_before
+        probes = dead.requests - probes_before
+        assert healthy >= 0.9 * alone_polls - 1, (healthy, alone_polls, reader.devices)
         assert all(r.quality is Quality.GOOD for poll in polls_of(sink, "ok") for r in poll)
-        dead = reader.devices["dead"]
         assert dead.state == "backing_off"
-        assert dead.skipped_polls > window_s / interval_s / 2
-        # Backed off, not retried in a hot loop: a probe every second or more, one request each.
-        assert dead.requests <= 2 + window_s
+        # Backed off, not retried in a hot loop: a probe every second or more, one request each (a loaded
+        # machine only makes fewer), and many more of its slots skipped than probed.
+        assert probes <= 1 + window_s
+        assert dead.skipped_polls > 3 * dead.requests, (dead.skipped_polls, dead.requests)
         # Every probe timed out; the last one may still be waiting for its timeout.
         assert set(dead.errors_by_kind) <= {"timeout"}
         assert dead.requests - 1 <= dead.errors_by_kind.get("timeout", 0) <= dead.requests
@@ -150,7 +162,7 @@ async def test_rtu_with_two_unit_ids_end_to_end(start_task: Starter, transport: 
         ]
         config = line_config(sim, [device("m1", 1, PROCESS_POINTS), device("m2", 2, PROCESS_POINTS + extra)])
         reader = ModbusReader(config)
-        sink = Collect()
+        sink = Collected()
         start_task(reader.run(sink))
         await until(lambda: len(polls_of(sink, "m1")) >= 2 and len(polls_of(sink, "m2")) >= 2)
         counter = sim.command("step")["counter"]
@@ -167,7 +179,7 @@ async def test_busy_n_times_makes_n_bad_polls_of_that_unit_only(start_task: Star
     with ModbusSimProcess(units=(1, 2)) as sim:
         points = [{"alias": "counter", "address": 0, "data_type": "uint32"}]
         reader = ModbusReader(line_config(sim, [device("m1", 1, points), device("m2", 2, points)]))
-        sink = Collect()
+        sink = Collected()
         start_task(reader.run(sink))
         await until(lambda: len(polls_of(sink, "m2")) >= 2)
         sim.command("busy", unit=2, count=3)
@@ -190,7 +202,7 @@ async def test_garbled_answers_are_bad_with_the_reason(start_task: Starter, tran
                 sim, [device("m", 1, points)], timeout_s=0.2, device_backoff_min_s=0.1, device_backoff_max_s=0.2
             )
         )
-        sink = Collect()
+        sink = Collected()
         start_task(reader.run(sink))
         await until(lambda: len(sink.polls) >= 2)
         sim.command("garble", unit=1, count=2, mode=mode)
@@ -210,7 +222,7 @@ async def test_a_range_the_device_never_answers_is_narrowed_down_and_quarantined
         ]
         reader = ModbusReader(line_config(sim, [device("m", 1, points)], timeout_s=0.1, max_gap_registers=4))
         assert [(r.start, r.count) for r in reader.requests] == [(0, 5), (50, 3)]
-        sink = Collect()
+        sink = Collected()
         start_task(reader.run(sink))
         await until(lambda: any("never answers" in str(r.status) for r in sink.bad("m.r51")))
         await until(lambda: sink.polls[-1][-1].point == "m.r52" and sink.polls[-1][-1].quality is Quality.GOOD)
@@ -239,15 +251,15 @@ async def test_slow_devices_keep_their_rate_with_several_requests_in_flight(star
             sim.command("delay", unit=unit, ms=60)
         devices = [device(f"m{u}", u, points) for u in units]
         readers = [ModbusReader(line_config(sim, devices, max_outstanding=n)) for n in (1, 3)]
-        sinks = [Collect(), Collect()]
+        sinks = [Collected(), Collected()]
         for reader, sink in zip(readers, sinks, strict=True):
             start_task(reader.run(sink))
-        await asyncio.sleep(2.0)
+        # Counted, not timed: both readers share this event loop and the simulator, so a loaded machine
+        # slows both; the one connection overruns for want of answers, the three do not.
+        await until(lambda: readers[0].status.errors_by_kind.get("overrun", 0) >= 20, 60)
         one, three = (r.status.errors_by_kind.get("overrun", 0) for r in readers)
-        assert one > 5
         assert three * 4 < one
         for name in ("m1", "m2", "m3"):
-            assert len(polls_of(sinks[1], name)) >= 0.7 * 2.0 / 0.1
             assert len(polls_of(sinks[0], name)) < len(polls_of(sinks[1], name))
         assert all(r.quality is Quality.GOOD for sink in sinks for r in sink.readings)
 
@@ -266,7 +278,7 @@ async def test_a_serial_port_that_cannot_be_opened_is_retried_with_a_clear_reaso
         }
     )
     reader = ModbusReader(config)
-    sink = Collect()
+    sink = Collected()
     start_task(reader.run(sink))
     await until(lambda: reader.status.errors_by_kind.get("connection", 0) >= 3)
     assert reader.status.state is SourceState.RECONNECTING

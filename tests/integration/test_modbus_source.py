@@ -12,20 +12,19 @@ import asyncio
 import contextlib
 import signal
 import struct
-from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import pytest
 from pymodbus.constants import ExcCodes
 
-from edge_gateway.model import Quality, Reading
+from edge_gateway.model import Quality
 from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.modbus.config import ModbusTcpSource
 from edge_gateway.sources.modbus.reader import ModbusReader
 from simulators.modbus_plc import REGISTERS, ModbusPlc
 from simulators.ports import free_port
 from simulators.process import stop_process
-from tests.support import Starter, start_sim
+from tests.support import MODBUS_TICK_MS, Collected, Starter, start_sim, until
 
 FROZEN_TICK_MS = 3_600_000  # the simulator's own ticks never come during a test: the test calls step()
 
@@ -55,38 +54,6 @@ def config(port: int, points: list[dict[str, Any]] | None = None, **overrides: A
         "points": POINTS if points is None else points,
     }
     return ModbusTcpSource.model_validate(doc | overrides)
-
-
-class Collect:
-    """The sink: keeps every call's readings as one poll; ``on_poll(n)`` runs inside the n-th call."""
-
-    def __init__(self, delay_s: float = 0.0, on_poll: Callable[[int], None] | None = None) -> None:
-        self.polls: list[list[Reading]] = []
-        self.delay_s = delay_s
-        self.on_poll = on_poll
-
-    async def __call__(self, readings: Sequence[Reading]) -> None:
-        self.polls.append(list(readings))
-        if self.on_poll is not None:
-            self.on_poll(len(self.polls))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-
-    @property
-    def readings(self) -> list[Reading]:
-        return [r for poll in self.polls for r in poll]
-
-    def good(self, alias: str) -> list[Any]:
-        return [r.value for r in self.readings if r.point == alias and r.quality is Quality.GOOD]
-
-    def bad(self, alias: str) -> list[Reading]:
-        return [r for r in self.readings if r.point == alias and r.quality is Quality.BAD]
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = 10) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 class ModbusTap:
@@ -180,7 +147,7 @@ def expected_values(plc: ModbusPlc) -> dict[str, Any]:
 async def test_every_type_decodes_to_what_the_plc_holds_and_the_counter_steps_by_one(start_task: Starter) -> None:
     port = free_port()
     async with ModbusPlc(port=port, tick_ms=FROZEN_TICK_MS) as plc:
-        sink = Collect()
+        sink = Collected()
         reader = ModbusReader(config(port))
         assert [(r.table, r.start, r.count) for r in reader.requests] == [("holding", 0, 9), ("input", 0, 5)]
         start_task(reader.run(sink))
@@ -200,16 +167,20 @@ async def test_every_type_decodes_to_what_the_plc_holds_and_the_counter_steps_by
 
 
 async def test_counter_under_live_ticks_is_non_decreasing_and_has_no_gaps(start_task: Starter) -> None:
+    # The simulator in its own process: a stall of this event loop cannot make its ticks catch up in a burst
+    # (which an in-process simulator does), so no gap is excused.
     port = free_port()
-    async with ModbusPlc(port=port, tick_ms=200) as plc:
-        sink = Collect()
+    proc = start_sim("simulators.modbus_plc", port, tick_ms=MODBUS_TICK_MS)
+    try:
+        sink = Collected()
         start_task(ModbusReader(config(port, poll_interval_ms=50)).run(sink))
-        await until(lambda: len(set(sink.good("counter"))) >= 12)
+        await until(lambda: len(set(sink.good("counter"))) >= 12, 60)
         values = sink.good("counter")
-        assert values == sorted(values)
-        distinct = sorted(set(values))
-        assert distinct == list(range(distinct[0], distinct[-1] + 1))
-        assert distinct[-1] <= plc.counter
+    finally:
+        stop_process(proc)
+    assert values == sorted(values)
+    distinct = sorted(set(values))
+    assert distinct == list(range(distinct[0], distinct[-1] + 1))
 
 
 async def test_a_busy_plc_gives_bad_readings_for_those_reads_then_good_ones_again(start_task: Starter) -> None:
@@ -220,7 +191,7 @@ async def test_a_busy_plc_gives_bad_readings_for_those_reads_then_good_ones_agai
             if n == 2:  # between two polls: the third poll's holding read, then its input read
                 plc.fail_next_reads(2, ExcCodes.DEVICE_BUSY)
 
-        sink = Collect(on_poll=busy_after_second_poll)
+        sink = Collected(on_poll=busy_after_second_poll)
         reader = ModbusReader(config(port, poll_interval_ms=100))
         start_task(reader.run(sink))
         await until(lambda: len(sink.polls) >= 5)
@@ -247,7 +218,7 @@ async def test_a_wrong_address_next_to_good_ones_makes_only_its_own_point_bad(st
         {"alias": "counter", "address": 0, "data_type": "uint32"},
     ]
     async with ModbusPlc(port=port, tick_ms=FROZEN_TICK_MS):
-        sink = Collect()
+        sink = Collected()
         reader = ModbusReader(config(port, points))
         assert [(r.start, r.count) for r in reader.requests] == [(0, 2), (last - 5, 7)]  # the planner bridged it
         start_task(reader.run(sink))
@@ -267,7 +238,7 @@ async def test_a_wrong_address_next_to_good_ones_makes_only_its_own_point_bad(st
 async def test_a_request_the_plc_never_answers_times_out_alone(start_task: Starter) -> None:
     port = free_port()
     async with ModbusPlc(port=port, tick_ms=FROZEN_TICK_MS), ModbusTap(port, drop=frozenset({4})) as tap:
-        sink = Collect()
+        sink = Collected()
         reader = ModbusReader(config(tap.port, poll_interval_ms=100, timeout_s=0.3))
         start_task(reader.run(sink))
         await until(lambda: len(sink.bad("flow")) >= 3)
@@ -285,7 +256,7 @@ async def test_a_request_the_plc_never_answers_times_out_alone(start_task: Start
 
 async def test_a_plc_absent_at_start_emits_nothing_until_it_comes_up(start_task: Starter) -> None:
     port = free_port()
-    sink = Collect()
+    sink = Collected()
     reader = ModbusReader(config(port))
     start_task(reader.run(sink))
     await until(lambda: reader.status.errors_by_kind.get("connection", 0) >= 3)
@@ -302,7 +273,7 @@ async def test_a_plc_absent_at_start_emits_nothing_until_it_comes_up(start_task:
 async def test_cancelling_the_reader_closes_its_connection_and_propagates() -> None:
     port = free_port()
     async with ModbusPlc(port=port, tick_ms=FROZEN_TICK_MS), ModbusTap(port) as tap:
-        sink = Collect()
+        sink = Collected()
         task = asyncio.get_running_loop().create_task(ModbusReader(config(tap.port)).run(sink))
         await until(lambda: sink.good("counter"))
         assert tap.open_connections == 1
@@ -315,7 +286,7 @@ async def test_cancelling_the_reader_closes_its_connection_and_propagates() -> N
 async def test_a_slow_sink_counts_skipped_polls_instead_of_drifting(start_task: Starter) -> None:
     port = free_port()
     async with ModbusPlc(port=port, tick_ms=FROZEN_TICK_MS):
-        sink = Collect(delay_s=0.25)  # each hand-off takes 2.5 poll slots
+        sink = Collected(delay_s=0.25)  # each hand-off takes 2.5 poll slots
         reader = ModbusReader(config(port, poll_interval_ms=100))
         start_task(reader.run(sink))
         await until(lambda: len(sink.polls) >= 5)
@@ -331,7 +302,7 @@ async def test_plc_killed_and_restarted_on_the_same_port_marks_one_gap_and_recon
     port = free_port()
     proc = start_sim("simulators.modbus_plc", port, tick_ms=100)
     try:
-        sink = Collect()
+        sink = Collected()
         reader = ModbusReader(config(port))
         start_task(reader.run(sink))
         await until(lambda: len(sink.good("counter")) >= 3)

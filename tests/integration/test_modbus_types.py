@@ -17,8 +17,7 @@ from edge_gateway.model import Quality
 from edge_gateway.sources.modbus.config import ModbusSource
 from edge_gateway.sources.modbus.reader import ModbusReader
 from simulators.modbus_process import ModbusSimProcess
-from tests.integration.test_modbus_source import Collect, until
-from tests.support import Starter
+from tests.support import Collected, Starter, until
 
 ORDERS = [("big", "big"), ("big", "little"), ("little", "big"), ("little", "little")]
 VALUES: dict[str, list[Any]] = {
@@ -114,7 +113,7 @@ async def test_every_type_and_order_decodes_to_the_value_the_simulator_wrote(sta
             | {"poll_interval_ms": 60_000, "timeout_s": 2.0, "max_gap_registers": 1}  # one poll
         )
         reader = ModbusReader(config)
-        sink = Collect()
+        sink = Collected()
         start_task(reader.run(sink))
         await until(lambda: sink.polls)
         got = {r.point: r for r in sink.polls[0]}

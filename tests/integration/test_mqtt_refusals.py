@@ -2,13 +2,15 @@
 
 Each case runs a real awscrt client (``MqttTransport``) against a real server on loopback and checks:
 never connected, ``status.last_error`` names the CRT error, one "cannot connect" warning however many
-retries, attempts spaced by the configured backoff (counted by the client and by the server), and
-little CPU while it keeps retrying.
+retries, and attempts spaced by the configured backoff (counted by the client and by the server): a
+client that spins makes hundreds. Counts only; the CPU it costs while refused is measured by
+``python -m bench.timings`` (``refused_cpu_share``), not asserted here.
 
 awscrt's backoff with full jitter waits uniform[0, min(max, min * 2**n)] before attempt n + 1, so
 ``reconnect_min_s`` is not a floor: with 0.5 s / 2 s, about 7 attempts fit in 6 s. The bound below (20)
-is far above that and far below what a loop without backoff makes (hundreds); over 6 s the first three
-attempts always fit (0.5 s + 1 s of backoff at most).
+is far above that and far below what a loop without backoff makes (hundreds). The watch lasts 6 s and
+until three attempts failed (on a loaded machine that may take longer: the bound grows with the watch,
+as a slow machine makes fewer attempts per second, never more).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -37,8 +40,7 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 2.0
 MIN_ATTEMPTS = 3
 MAX_ATTEMPTS = 20
 FIRST_FAILURE_S = 3.0
-# Measured about 1-3 % of one core while refused (TLS handshakes, CRT threads, this test's polling).
-MAX_CPU_SHARE = 0.30
+GIVE_UP_S = 120.0  # only gives up waiting for MIN_ATTEMPTS failures (about 2 s on an idle machine)
 POLL_S = 0.05
 # s2n, awscrt's TLS on Linux, holds a handshake that failed on the client side for a random "blinding"
 # delay of 10-30 s before the channel (and so the connect attempt) is reported failed.
@@ -50,11 +52,11 @@ _LOGGER = "edge_gateway.publish.transport.mqtt"
 class Refused:
     failures: int
     wall_s: float
-    cpu_s: float
 
     @property
-    def cpu_share(self) -> float:
-        return self.cpu_s / self.wall_s
+    def max_failures(self) -> int:
+        """What backoff allows over the watch: MAX_ATTEMPTS per started WINDOW_S."""
+        return MAX_ATTEMPTS * math.ceil(self.wall_s / WINDOW_S)
 
 
 class Transports:
@@ -100,15 +102,13 @@ def cannot_connect_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def refused_for_a_while(t: MqttTransport, window_s: float = WINDOW_S) -> Refused:
-    """Watch a started transport for ``window_s``: it must fail early and never connect."""
-    cpu0, t0 = time.process_time(), time.monotonic()
-    await wait_until(lambda: t.status.connection_failures >= 1, FIRST_FAILURE_S, "a first connect failure")
-    while time.monotonic() - t0 < window_s:
-        assert not t.status.connected
-        await asyncio.sleep(POLL_S)
-    refused = Refused(t.status.connection_failures, time.monotonic() - t0, time.process_time() - cpu0)
-    print(f"{refused.failures} failures in {refused.wall_s:.1f} s, CPU {refused.cpu_s:.3f} s ({refused.cpu_share:.1%})")
-    return refused
+    """Watch a started transport for ``window_s`` and until MIN_ATTEMPTS failed: it must never connect."""
+    t0 = time.monotonic()
+    async with asyncio.timeout(GIVE_UP_S):
+        while time.monotonic() - t0 < window_s or t.status.connection_failures < MIN_ATTEMPTS:
+            assert not t.status.connected
+            await asyncio.sleep(POLL_S)
+    return Refused(t.status.connection_failures, time.monotonic() - t0)
 
 
 def assert_refused_with_backoff(
@@ -117,8 +117,7 @@ def assert_refused_with_backoff(
     assert t.status.connects == 0
     assert not t.connected
     assert error_name in (t.status.last_error or "")
-    assert MIN_ATTEMPTS <= refused.failures <= MAX_ATTEMPTS, refused
-    assert refused.cpu_share < MAX_CPU_SHARE, refused
+    assert MIN_ATTEMPTS <= refused.failures <= refused.max_failures, refused
     assert_warned_once(caplog, f"{t.settings.endpoint}:{t.settings.port}", error_name)
 
 
@@ -139,17 +138,13 @@ async def test_a_server_certificate_from_an_untrusted_ca_is_refused_without_spin
     other = generate_pki(tmp_path / "other-ca", thing_name="unused")
     settings = mqtt_settings(pki, broker, ca_file=other.ca_file, reconnect_min_s=20.0, reconnect_max_s=20.0)
     t = await transports.start(settings)
-    cpu0, t0 = time.process_time(), time.monotonic()
     await asyncio.sleep(FIRST_FAILURE_S)
     assert not t.connected
-    await wait_until(lambda: t.status.connection_failures >= 1, BLINDING_MAX_S + 10, "the TLS failure reported")
-    wall_s, cpu_s = time.monotonic() - t0, time.process_time() - cpu0
-    print(f"first failure after {wall_s:.1f} s, CPU {cpu_s:.3f} s ({cpu_s / wall_s:.1%})")
+    await wait_until(lambda: t.status.connection_failures >= 1, BLINDING_MAX_S + 30, "the TLS failure reported")
     assert t.status.connects == 0
     assert t.status.connection_failures == 1  # a second attempt cannot finish within another blinding delay
     assert "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE" in (t.status.last_error or "")
     assert_warned_once(caplog, f"127.0.0.1:{broker.port}", "AWS_IO_TLS_ERROR_NEGOTIATION_FAILURE")
-    assert cpu_s / wall_s < MAX_CPU_SHARE
 
 
 async def test_a_revoked_client_certificate_is_refused_by_the_broker_with_backoff(

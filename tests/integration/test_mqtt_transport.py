@@ -101,20 +101,20 @@ async def test_broker_outage_is_noticed_and_the_client_reconnects_by_itself(pki:
     await t.stop()
 
 
-async def test_a_frozen_broker_is_noticed_within_keep_alive_plus_ping_timeout(
+async def test_a_frozen_broker_is_noticed_by_the_keep_alive_ping_and_the_session_resumes(
     pki: Pki, broker: MosquittoBroker
 ) -> None:
     t = await started(pki, broker)
-    settings = t.settings
     broker.freeze()  # the TCP connection stays open, nothing answers: a half-open path
-    frozen_at = time.monotonic()
-    async with asyncio.timeout(settings.keep_alive_s + settings.ping_timeout_ms / 1000 + 3):
+    # Nothing but the unanswered PINGREQ can notice a silent path: the error says that is what did. How long
+    # it takes (keep-alive + ping timeout) is measured by `python -m bench.timings`, not asserted here.
+    async with asyncio.timeout(4 * (t.settings.keep_alive_s + t.settings.ping_timeout_ms / 1000)):  # gives up
         while t.connected:
             await asyncio.sleep(0.05)
-    assert time.monotonic() - frozen_at <= settings.keep_alive_s + settings.ping_timeout_ms / 1000 + 1
     assert "PING_RESPONSE_TIMEOUT" in (t.status.last_error or "")
+    assert t.status.disconnects == 1
     broker.thaw()
-    await t.wait_connected(10)
+    await t.wait_connected(30)
     assert t.status.rejoined_session  # same broker process: the session (and subscriptions) survived
     assert await t.publish("dt/after-freeze", b"x") in (0, 16)
     await t.stop()
@@ -216,33 +216,43 @@ async def test_client_certificate_from_a_foreign_ca_cannot_connect(
     await t.stop()
 
 
-async def test_iot_core_flow_control_keeps_to_100_publishes_and_512_kib_per_second(
+# IoT Core's quotas per connection, with the token bucket's first burst allowed for: 400 small publishes
+# cannot be acknowledged in less than 400 / 110 s, 40 x 96 KiB in less than 3,840 / 540 s.
+SMALL, BIG, BIG_KIB = 400, 40, 96
+MIN_SMALL_S, MIN_BIG_S = SMALL / 110, BIG * BIG_KIB / 540
+
+
+async def test_iot_core_flow_control_spreads_publishes_and_bytes_out_and_still_delivers_every_one(
     pki: Pki, broker: MosquittoBroker, consumer: Consumer
 ) -> None:
-    arrived: list[tuple[float, int]] = []
-    await consumer.transport.subscribe("flow/#", lambda _t, p: arrived.append((time.monotonic(), len(p))))
+    """Both bounds of a limiter. Upper: the sends take at least as long as IoT Core's rates allow (a load on
+    the machine only makes them take longer, so this cannot fail for being slow). Lower: every publish is
+    acknowledged and arrives (a limiter that stalls, or drops, fails); the timeout only gives up waiting, at
+    many times the nominal 11.5 s. The rates themselves are measured by `python -m bench.timings`."""
+    arrived: list[tuple[str, int]] = []
+    await consumer.transport.subscribe("flow/#", lambda topic, p: arrived.append((topic, len(p))))
     t = MqttTransport(mqtt_settings(pki, broker, iot_core_flow_control=True), f"{THING}-gateway")
     await t.start()
     await t.wait_connected(10)
     try:
-        # Many small messages: the publish rate is the limit.
-        started = time.monotonic()
-        await asyncio.gather(*(t.publish("flow/small", b"x") for _ in range(400)))
-        small_s = time.monotonic() - started
-        # Fewer, big messages (96 KiB): the byte rate is the limit.
-        started = time.monotonic()
-        await asyncio.gather(*(t.publish("flow/big", b"y" * 96 * 1024) for _ in range(40)))
-        big_s = time.monotonic() - started
+        async with asyncio.timeout(120):
+            # Many small messages: the publish rate is the limit.
+            started = time.monotonic()
+            small = await asyncio.gather(*(t.publish("flow/small", b"x") for _ in range(SMALL)))
+            small_s = time.monotonic() - started
+            # Fewer, big messages: the byte rate is the limit.
+            started = time.monotonic()
+            big = await asyncio.gather(*(t.publish("flow/big", b"y" * BIG_KIB * 1024) for _ in range(BIG)))
+            big_s = time.monotonic() - started
+            while len(arrived) < SMALL + BIG:
+                await asyncio.sleep(0.05)
     finally:
         await t.stop()
-    print(f"FLOW {400 / small_s:.0f} publishes/s, {40 * 96 / big_s:.0f} KiB/s")
-    # A token bucket may let a first burst through; sustained, the rates are IoT Core's.
-    assert 400 / small_s <= 110
-    assert 40 * 96 * 1024 / big_s <= 540 * 1024
-    async with asyncio.timeout(5):
-        while len(arrived) < 440:
-            await asyncio.sleep(0.05)
-    assert max(n for _, n in arrived) <= 128 * 1024
+    assert small == [0] * SMALL  # every one acknowledged by the broker, which had a subscriber for it
+    assert big == [0] * BIG
+    assert sorted(arrived) == sorted([("flow/small", 1)] * SMALL + [("flow/big", BIG_KIB * 1024)] * BIG)
+    assert small_s >= MIN_SMALL_S, f"{SMALL} publishes in {small_s:.2f} s: over IoT Core's 100 publishes/s"
+    assert big_s >= MIN_BIG_S, f"{BIG * BIG_KIB} KiB in {big_s:.2f} s: over IoT Core's 512 KiB/s"
 
 
 async def _through(

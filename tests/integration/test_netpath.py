@@ -96,15 +96,14 @@ def round_trip(sock: socket.socket, payload: bytes) -> None:
 
 
 def assert_closed_by_path(sock: socket.socket) -> None:
-    """The relay closed this connection: the next read sees a reset or EOF well before DEADLINE_S."""
-    started = time.monotonic()
+    """The relay closed this connection: the next read sees a reset or EOF, not the socket's timeout
+    (a path that went silent instead raises TimeoutError here)."""
     try:
         sock.sendall(b"anyone?")
         data = sock.recv(1024)
     except (ConnectionResetError, BrokenPipeError):
         data = b""
     assert data == b"", f"the connection still relays: got {data!r}"
-    assert time.monotonic() - started < DEADLINE_S
 
 
 def assert_silent(sock: socket.socket) -> None:

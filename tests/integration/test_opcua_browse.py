@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,8 @@ from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.opcua_plc import TAGS
 from simulators.opcua_process import OpcUaSimProcess
 from simulators.ports import free_port
-from tests.integration.test_opcua_source import Collected, assert_consecutive
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[OpcUaSimProcess]:
-    p = OpcUaSimProcess(free_port())
-    p.start()
-    yield p
-    p.stop()
+from tests.integration.test_opcua_source import assert_consecutive
+from tests.support import Collected
 
 
 def browse(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,8 +30,8 @@ def browse(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_browse_output_fed_back_as_config_delivers_data(sim: OpcUaSimProcess) -> None:
-    done = await asyncio.to_thread(browse, sim.endpoint, "--depth", "2", "--name", "press")
+async def test_browse_output_fed_back_as_config_delivers_data(running_opcua_sim: OpcUaSimProcess) -> None:
+    done = await asyncio.to_thread(browse, running_opcua_sim.endpoint, "--depth", "2", "--name", "press")
     assert done.returncode == 0, done.stderr
     doc = yaml.safe_load(done.stdout)
     entry = doc["sources"][0]

@@ -5,7 +5,7 @@ deadband and timestamp choice."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,19 +17,12 @@ from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.opcua_plc import NAMESPACE, bulk_node_id, node_id
 from simulators.opcua_process import OpcUaSimProcess, call_control
 from simulators.ports import free_port
-from tests.integration.test_opcua_source import Collected, assert_consecutive
+from tests.integration.test_opcua_source import assert_consecutive
+from tests.support import Collected
 
 OPC_UA_NS = "http://opcfoundation.org/UA/"
 BULK = 10_000
 LIMIT = 1000
-
-
-@pytest.fixture(scope="module")
-def plain_sim() -> Iterator[OpcUaSimProcess]:
-    sim = OpcUaSimProcess(free_port())
-    sim.start()
-    yield sim
-    sim.stop()
 
 
 def source(endpoint: str, **fields: Any) -> OpcUaSource:
@@ -94,10 +87,10 @@ async def test_10000_nodes_are_subscribed_and_2000_polled_within_the_servers_ope
 
 
 async def test_a_frozen_subscription_with_a_live_session_is_detected_and_recovered(
-    plain_sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
+    running_opcua_sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
 ) -> None:
     config = source(
-        plain_sim.endpoint,
+        running_opcua_sim.endpoint,
         keepalive_s=0.5,
         nodes=[{"alias": "plc.counter", "node_id": node_id("Counter")}],
     )
@@ -105,7 +98,7 @@ async def test_a_frozen_subscription_with_a_live_session_is_detected_and_recover
     reader = OpcUaReader(config)
     run_reader(reader, sink)
     await sink.wait(lambda: len(sink.values("plc.counter")) >= 10, 10, "counter values")
-    assert await call_control(plain_sim.endpoint, "FreezeSubscriptions") >= 1  # type: ignore[operator]
+    assert await call_control(running_opcua_sim.endpoint, "FreezeSubscriptions") >= 1  # type: ignore[operator]
     await sink.wait(lambda: reader.status.errors_by_kind.get("stalled", 0) >= 1, 10, "the watchdog firing")
     frozen_at = len(sink.values("plc.counter"))
     await sink.wait(lambda: len(sink.values("plc.counter")) >= frozen_at + 10, 10, "counter values after recovery")
@@ -123,10 +116,10 @@ async def test_a_frozen_subscription_with_a_live_session_is_detected_and_recover
 
 
 async def test_browse_paths_deadband_and_gateway_timestamps(
-    plain_sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
+    running_opcua_sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
 ) -> None:
     config = source(
-        plain_sim.endpoint,
+        running_opcua_sim.endpoint,
         timestamp="gateway",
         nodes=[
             # The simulator's browse names are in namespace 0 (asyncua's default for a plain name).

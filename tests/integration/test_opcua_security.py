@@ -19,7 +19,8 @@ from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.opcua_plc import node_id
 from simulators.opcua_process import OpcUaSimProcess
 from simulators.ports import free_port
-from tests.integration.test_opcua_source import Collected, assert_consecutive
+from tests.integration.test_opcua_source import assert_consecutive
+from tests.support import Collected
 
 PASSWORD = "s3cret-Pa55"  # noqa: S105 - the simulator's test user
 

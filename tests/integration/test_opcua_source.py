@@ -9,9 +9,8 @@ import json
 import logging
 import re
 import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -22,9 +21,10 @@ from edge_gateway.sources.base import SourceState
 from edge_gateway.sources.opcua.config import OpcUaSource
 from edge_gateway.sources.opcua.reader import OpcUaReader
 from simulators.opcua_plc import NAMESPACE, TAGS, OpcUaPlc, node_id
+from simulators.opcua_process import OpcUaSimProcess
 from simulators.ports import free_port
 from simulators.process import stop_process
-from tests.support import start_sim
+from tests.support import Collected, start_sim
 
 BAD_NODE_ID_UNKNOWN = 0x80340000
 UNCERTAIN_LAST_USABLE_VALUE = 0x40900000
@@ -40,32 +40,6 @@ PYTHON_TYPES: dict[str, type] = {
     "Setpoints": str,  # JSON text of the array
     "BatchStart": str,  # ISO 8601
 }
-
-
-class Collected:
-    """The sink: keeps every batch it is handed, in order."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[Reading]] = []
-        self.readings: list[Reading] = []
-
-    async def __call__(self, readings: Sequence[Reading]) -> None:
-        self.batches.append(list(readings))
-        self.readings.extend(readings)
-
-    def of(self, alias: str, quality: Quality | None = Quality.GOOD) -> list[Reading]:
-        return [r for r in self.readings if r.point == alias and (quality is None or r.quality is quality)]
-
-    def values(self, alias: str) -> list[Any]:
-        return [r.value for r in self.of(alias)]
-
-    async def wait(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not predicate():
-                    await asyncio.sleep(0.02)
-        except TimeoutError:
-            pytest.fail(f"{what}: not within {timeout_s} s; got {len(self.readings)} readings")
 
 
 def alias(tag: str) -> str:
@@ -101,34 +75,6 @@ def assert_consecutive(values: list[Any], what: str) -> None:
 async def plc() -> AsyncIterator[OpcUaPlc]:
     async with OpcUaPlc(port=free_port(), tick_ms=50) as p:
         yield p
-
-
-class PlcProcess:
-    """The simulator as a separate process, so a test can kill it and start it again on the same port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[str] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.to_thread(start_sim, "simulators.opcua_plc", self.port, 50)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(5)
-        stop_process(self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-
-@pytest.fixture
-def plc_process() -> Iterator[PlcProcess]:
-    p = PlcProcess(free_port())
-    yield p
-    p.stop()
 
 
 async def test_simulator_serves_the_documented_tags_with_a_counter_from_1() -> None:
@@ -263,15 +209,15 @@ async def test_bad_node_ids_each_give_one_bad_reading_and_the_rest_flow(
 
 
 async def test_reader_marks_the_gap_and_reconnects_after_the_plc_restarts(
-    plc_process: PlcProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
+    opcua_sim: OpcUaSimProcess, run_reader: Callable[[OpcUaReader, Collected], asyncio.Task[None]]
 ) -> None:
-    await plc_process.start()
+    await asyncio.to_thread(opcua_sim.start)
     sink = Collected()
-    reader = OpcUaReader(config(plc_process.port))
+    reader = OpcUaReader(config(opcua_sim.port))
     run_reader(reader, sink)
     await sink.wait(lambda: len(sink.values(alias("Counter"))) >= 10, 10, "counter values before the kill")
 
-    plc_process.kill()
+    opcua_sim.kill()
     killed_ns = time.time_ns()
     await sink.wait(lambda: reader.status.state is SourceState.RECONNECTING, 5, "RECONNECTING after the kill")
     # The gap is marked: one BAD reading per alias, with the reason, after the last good values.
@@ -288,7 +234,7 @@ async def test_reader_marks_the_gap_and_reconnects_after_the_plc_restarts(
     assert len(sink.readings) == seen
     assert reader.status.reconnects >= 1
 
-    await plc_process.start()
+    await asyncio.to_thread(opcua_sim.start)
     await sink.wait(lambda: reader.status.state is SourceState.CONNECTED, 10, "CONNECTED after the restart")
     await sink.wait(lambda: len(sink.values(alias("Counter"))) >= len(before_counter) + 10, 10, "new counter values")
     after = sink.values(alias("Counter"))[len(before_counter) :]

