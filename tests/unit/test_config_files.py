@@ -273,7 +273,7 @@ def test_an_unsynchronised_clock_in_1970_is_named_as_the_cause(tmp_path: Path, p
     cert = next(e for e in check_files(config, synced).cloud if e.path == f"{MQTT}.cert_file")
     assert "and is synchronised (NTP)" in cert.message
     assert "the certificate was issued for a later date" in cert.message
-    assert check_files(config, Clock(NOW, synchronised=False)).all == []
+    assert check_files(config, Clock(dt.datetime.now(dt.UTC), synchronised=False)).all == []
 
 
 def test_a_ca_that_did_not_sign_the_client_certificate(
