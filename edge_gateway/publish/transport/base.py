@@ -18,12 +18,26 @@ Two implementations: ``mqtt.MqttTransport`` (the gateway's own MQTT 5 connection
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from edge_gateway.config.model import MqttSettings
+from edge_gateway.errors import PublishError
 
 MessageHandler = Callable[[str, bytes], None]
+
+FINAL_PUBLISH_TIMEOUT_S = 1.0
+
+
+async def publish_final(publish: Callable[[str, bytes], Awaitable[int]], final: tuple[str, bytes]) -> str | None:
+    """Send ``stop(final)``'s last message within ``FINAL_PUBLISH_TIMEOUT_S``; why it failed, or None."""
+    try:
+        async with asyncio.timeout(FINAL_PUBLISH_TIMEOUT_S):
+            await publish(*final)
+    except (PublishError, TimeoutError) as exc:
+        return str(exc) or "timed out"
+    return None
 
 
 class TransportStatus(Protocol):

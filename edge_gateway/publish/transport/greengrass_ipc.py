@@ -50,7 +50,7 @@ from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
 from edge_gateway.config.model import MqttSettings
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.transport.base import MessageHandler
+from edge_gateway.publish.transport.base import MessageHandler, publish_final
 from edge_gateway.publish.transport.topics import check_iot_core_limits, topic_matches
 from edge_gateway.util.backoff import Backoff
 
@@ -59,7 +59,6 @@ _log = logging.getLogger(__name__)
 NOT_AUTHORIZED = 0x87  # the MQTT 5 reason code an unauthorized PublishToIoTCore is reported with
 _CONNECT_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 2.0
-_FINAL_PUBLISH_TIMEOUT_S = 1.0
 _SHADOW_REQUEST = re.compile(
     r"(?P<prefix>\$aws/things/(?P<thing>[^/]+)/shadow(?:/name/(?P<name>[^/]+))?)/(?P<op>get|update)"
 )
@@ -182,12 +181,8 @@ class GreengrassIpcTransport:
         self._connect_listeners.append(listener)
 
     async def stop(self, final: tuple[str, bytes] | None = None) -> None:
-        if final is not None and self.connected:
-            try:
-                async with asyncio.timeout(_FINAL_PUBLISH_TIMEOUT_S):
-                    await self.publish(*final)
-            except (PublishError, TimeoutError) as exc:
-                _log.warning("greengrass ipc: final message to %r not queued: %s", final[0], str(exc) or "timed out")
+        if final is not None and self.connected and (why := await publish_final(self.publish, final)):
+            _log.warning("greengrass ipc: final message to %r not queued: %s", final[0], why)
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -49,7 +49,7 @@ from awscrt import mqtt5
 
 from edge_gateway.config.model import MqttSettings
 from edge_gateway.errors import PublishError
-from edge_gateway.publish.transport.base import MessageHandler
+from edge_gateway.publish.transport.base import MessageHandler, publish_final
 from edge_gateway.publish.transport.mqtt_client import FILE_POLL_S, Callback, build_client, fingerprint
 from edge_gateway.publish.transport.mqtt_errors import (
     check_suback,
@@ -63,7 +63,6 @@ from edge_gateway.util.backoff import Backoff
 
 _log = logging.getLogger(__name__)
 
-_FINAL_PUBLISH_TIMEOUT_S = 1.0
 _STOP_TIMEOUT_S = 3.0
 
 
@@ -248,14 +247,8 @@ class MqttTransport:
             raise PublishError(f"no MQTT connection to {where} within {timeout_s:.0f} s (last error: {last})") from None
 
     async def stop(self, final: tuple[str, bytes] | None = None) -> None:
-        if final is not None and self.connected:
-            try:
-                async with asyncio.timeout(_FINAL_PUBLISH_TIMEOUT_S):
-                    await self.publish(*final)
-            except (PublishError, TimeoutError) as exc:
-                _log.warning(
-                    "mqtt: final message to %r not delivered on shutdown: %s", final[0], str(exc) or "timed out"
-                )
+        if final is not None and self.connected and (why := await publish_final(self.publish, final)):
+            _log.warning("mqtt: final message to %r not delivered on shutdown: %s", final[0], why)
         async with self._switching:
             self._running = False
             await self._stop_client()
