@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo need when they are missing:
 # - mosquitto: the local stand-in for AWS IoT Core;
-# - poppler-utils (pdftoppm): the IQ report test renders the PDF's first page to an image.
+# - poppler-utils (pdftoppm): the IQ report test renders the PDF's first page to an image;
+# - fuse3 (fusermount3, libfuse3): the power-loss tests mount their own file system (tests/powerloss).
 # Needs root or sudo; otherwise says what to run.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

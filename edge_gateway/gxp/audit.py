@@ -85,7 +85,7 @@ from edge_gateway.gxp.audit_format import (
 from edge_gateway.gxp.audit_read import read_entries
 from edge_gateway.gxp.audit_recover import recover
 from edge_gateway.gxp.audit_verify import BrokenEntry, TornTail, VerifyResult, verify
-from edge_gateway.util.files import DIR_OWNER_GROUP, OWNER_GROUP, ensure_dir, open_append
+from edge_gateway.util.files import DIR_OWNER_GROUP, OWNER_GROUP, ensure_dir, fsync_dir, open_append
 from edge_gateway.util.jsondoc import canonical
 
 __all__ = [
@@ -126,14 +126,6 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class AuditTrail:
     """The writer (one per directory and process) and reader of an audit trail directory."""
 
@@ -167,6 +159,8 @@ class AuditTrail:
         path = self.directory / file_name(self._index)
         self._fd = open_append(path, OWNER_GROUP)
         self._size = os.fstat(self._fd).st_size
+        if self._size == 0:
+            fsync_dir(self.directory)  # a file just created: its name must survive a power cut with its entries
         if torn is not None:
             _log.warning(
                 "audit trail %s: cut an incomplete last line (%d bytes at offset %d): an append was interrupted",
@@ -273,13 +267,13 @@ class AuditTrail:
         path = self.directory / file_name(self._index)
         self._fd = open_append(path, OWNER_GROUP)
         self._size = 0
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if self.max_files is not None:
             files = trail_files(self.directory)
             for _, old in files[: max(0, len(files) - self.max_files)]:
                 old.unlink()
                 _log.info("audit trail: deleted %s (max_files %d)", old, self.max_files)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def close(self) -> None:
         with self._lock:

@@ -2,7 +2,8 @@
 
 Contract:
 - ``write(entries)`` appends one JSON object per line to ``<path>`` (``dead-letter.jsonl``) and fdatasyncs
-  before it returns: a dead-lettered record is acked in the buffer only once it is on disk here.
+  before it returns (and fsyncs the directory when it created or rotated the file): a dead-lettered record
+  is acked in the buffer only once it is on disk here, power cut included.
 - Bounded: when the file would pass ``max_file_bytes`` it is rotated (``.1`` is the newest old file, up to
   ``max_files`` old files; the oldest is deleted). Total disk use is at most
   ``(max_files + 1) * max_file_bytes`` plus one batch.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from edge_gateway.buffer.base import Record
 from edge_gateway.publish.encode.iotcore import Message
-from edge_gateway.util.files import DIR_OWNER_GROUP, OWNER_GROUP, ensure_dir, open_append
+from edge_gateway.util.files import DIR_OWNER_GROUP, OWNER_GROUP, ensure_dir, fsync_dir, open_append
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class DeadLetterFile:
         self.stats = DeadLetterStats()
         self._lock = threading.Lock()
         self._failing = False
+        self._tail_checked = False  # the first write of this process checks for a torn last line
 
     def write(self, entries: Iterable[Mapping[str, object]]) -> None:
         at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -107,10 +109,17 @@ class DeadLetterFile:
 
     def _write(self, data: bytes) -> None:
         ensure_dir(self.path.parent, DIR_OWNER_GROUP)
-        with contextlib.suppress(FileNotFoundError):
+        created = False
+        try:
             size = self.path.stat().st_size
             if size and size + len(data) > self.max_file_bytes:
                 self._rotate()
+                created = True
+        except FileNotFoundError:
+            created = True
+        if not created and not self._tail_checked:
+            data = self._after_torn_line(data)
+        self._tail_checked = True
         fd = open_append(self.path, OWNER_GROUP)
         try:
             written = 0
@@ -119,6 +128,22 @@ class DeadLetterFile:
             os.fdatasync(fd)
         finally:
             os.close(fd)
+        if created:
+            # A new file's name (and a rotation's renames) survive a power cut only once the directory is
+            # synced: until then the entries just written could vanish with the file.
+            fsync_dir(self.path.parent)
+
+    def _after_torn_line(self, data: bytes) -> bytes:
+        """``data``, after a newline if the file ends in an incomplete line (a power cut during a write):
+        the next entry must start a line of its own, or it would be lost in the torn one."""
+        with self.path.open("rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return data
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return data
+        _log.warning("dead-letter file %s ended in an incomplete line (a write cut short); it is closed", self.path)
+        return b"\n" + data
 
     def _rotate(self) -> None:
         old = [self.path.with_name(f"{self.path.name}.{i}") for i in range(1, self.max_files + 1)]
