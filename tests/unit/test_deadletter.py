@@ -67,3 +67,14 @@ def test_an_unwritable_location_is_counted_never_raised(tmp_path: Path) -> None:
     dl.write([reading_entry("sitewise", _record(3), "too old")])  # the volume is back
     assert (dl.stats.entries, dl.stats.failed) == (1, 2)
     assert [e["seq"] for e in _lines(blocker / "dead-letter.jsonl")] == [3]
+
+
+def test_a_torn_last_line_from_a_power_cut_is_closed_before_the_next_entry(tmp_path: Path) -> None:
+    path = tmp_path / "dead-letter.jsonl"
+    path.write_bytes(b'{"kind":"reading","seq":1}\n{"kind":"read')  # the second write was cut short
+    dl = DeadLetterFile(path)
+    dl.write([reading_entry("cloud", _record(2), "r")])
+    dl.write([reading_entry("cloud", _record(3), "r")])
+    lines = path.read_bytes().splitlines()
+    assert lines[1] == b'{"kind":"read'  # kept as it was, for a person to see, on a line of its own
+    assert [json.loads(line)["seq"] for line in (lines[0], *lines[2:])] == [1, 2, 3]
