@@ -3,8 +3,8 @@
 Run as ``python -m tests.powerloss.records_writer DIR KIND SEED`` with KIND one of:
 
 - ``audit``: appends ``test.entry`` entries (``n`` counting on from the last one on disk) to the audit trail
-  in ``DIR/audit`` with small files, so rotations happen often;
-- ``deadletter``: writes batches of entries to ``DIR/dead-letter.jsonl`` with 16 KiB files (rotations;
+  in ``DIR/audit``, with 4 KiB files (rotations often) or 1 MiB ones (a first file long before any rotation);
+- ``deadletter``: writes batches of entries to ``DIR/dead-letter.jsonl`` with 64 KiB files (rotations;
   up to 100 old files are kept, more than a test fills, so every entry written stays findable);
 - ``saved``: saves the last-good shadow configuration (``AppliedConfig``) to ``DIR/applied-config.json``,
   version counting up, documents of varying size;
@@ -67,7 +67,8 @@ def last_deadletter(directory: Path) -> int:
 
 def run(directory: Path, kind: str, rng: random.Random) -> None:
     if kind == "audit":
-        trail = AuditTrail(directory / "audit", max_file_bytes=4096)
+        # Small files (rotations often) or big ones (a first file that lives long before any rotation).
+        trail = AuditTrail(directory / "audit", max_file_bytes=rng.choice([4096, 1 << 20]))
         last = max((int(e.fields.get("n", 0)) for e in trail.entries() if e.event == AUDIT_EVENT), default=0)
         say(f"O {last}")
         for n in range(last + 1, 1 << 62):
@@ -75,7 +76,7 @@ def run(directory: Path, kind: str, rng: random.Random) -> None:
             trail.append(AUDIT_EVENT, n=n, pad="a" * rng.randint(0, 400))
             say(f"D {n}")
     elif kind == "deadletter":
-        dl = DeadLetterFile(directory / DEADLETTER, max_file_bytes=16_384, max_files=100)
+        dl = DeadLetterFile(directory / DEADLETTER, max_file_bytes=65_536, max_files=100)
         n = last_deadletter(directory)
         say(f"O {n}")
         while True:
