@@ -15,6 +15,8 @@ A buffer MUST:
   returned for is lost, and a destination resumes after its acked prefix;
 - ``rewind(dest)`` makes every unacked record of ``dest`` deliverable again (after a publish failure the
   publisher could not retry itself) and forgets its lanes;
+- ``take_quarantined()``: every quarantine since the last call (at open too), each once, for the audit
+  trail; a buffer that never quarantines returns [];
 - lanes: a destination may read with more than one cursor (``lane``, "" is the main one), e.g. a live
   lane at the head while the main lane drains a backlog. ``seek(dest, seq, lane=)`` sets where a lane's
   next read starts (never inside the acked prefix); ``read(..., end_seq=N)`` hands out only records
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from edge_gateway.model import Reading
@@ -35,6 +38,16 @@ DROP_REASONS = ("full", "expired", "corrupt", "io_error")
 class Record(NamedTuple):
     seq: int
     reading: Reading
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """One quarantine: damaged bytes moved to quarantine/ and the readings lost with them."""
+
+    segment: str  # the segment's file name
+    reason: str  # what is wrong, and where
+    records: int  # readings lost (counted in ``stats().dropped["corrupt"]``)
+    path: Path  # where the damaged bytes are kept
 
 
 @dataclass(slots=True)
@@ -70,6 +83,9 @@ class Buffer(Protocol):
         can be deleted. Removing an unknown destination changes nothing."""
 
     def stats(self) -> BufferStats: ...
+
+    def take_quarantined(self) -> list[Quarantined]:
+        """Quarantines since the last call, oldest first; each is returned once."""
 
     async def maintain(self) -> None:
         """Persist cursors and apply age/ack-based deletion; called periodically by the supervisor."""

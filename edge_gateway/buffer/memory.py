@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from edge_gateway.buffer.base import AckLedger, BufferStats, Record
+from edge_gateway.buffer.base import AckLedger, BufferStats, Quarantined, Record
 from edge_gateway.buffer.codec import encode_reading
 from edge_gateway.errors import BufferFullError
 from edge_gateway.model import Reading
@@ -132,6 +132,9 @@ class MemoryBuffer:
             unacked={d: last - a.acked_count_between(1, last) for d, a in self._acks.items()},
             dropped=dict(self._stats.dropped),
         )
+
+    def take_quarantined(self) -> list[Quarantined]:
+        return []  # nothing in memory is checked against damage
 
     async def maintain(self) -> None:
         return

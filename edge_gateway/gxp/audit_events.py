@@ -13,7 +13,7 @@ the names the gateway uses; ``changed_paths`` builds ``changed``)
 - ``certificate.changed``: ``role`` (device | ca | opcua), ``path``, ``fingerprint_before``,
   ``fingerprint_after`` (``sha256:…`` of the DER), ``subject``, ``not_after``.
 - ``trust_list.changed``: ``path``, ``added``, ``removed`` (lists of fingerprints).
-- ``buffer.quarantined``: ``segment``, ``reason``, ``quarantine_path``.
+- ``buffer.quarantined``: ``segment``, ``reason``, ``records`` (readings lost), ``quarantine_path``.
 - ``audit.torn_tail_removed`` (written by the trail itself): ``file``, ``offset``, ``bytes``, ``sha256``,
   ``text``.
 - ``audit.discontinuity`` (recorder, at start): ``expected`` (``{seq, hash}`` the cloud acknowledged),

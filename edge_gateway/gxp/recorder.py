@@ -11,7 +11,8 @@
   ``config.rejected`` (with every reason), ``config.rolled_back`` (with the reason): one entry per change.
   The same outcome for the same shadow version and config is recorded once, also when a crash between the
   entry and the saved config makes the gateway judge that change again after a restart.
-- ``buffer.quarantined`` when the buffer counts records it had to set aside as corrupt.
+- ``buffer.quarantined`` for every quarantine of the buffer (at its open, by recovery, or while it runs): the
+  segment, the reason, the readings lost and where the damaged bytes are kept.
 - At a clean stop: ``gateway.stopped``; the publisher then gets a moment to send what is pending.
 
 - At open, before anything else: the trail is checked against the last entry the cloud acknowledged
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway import __version__
+from edge_gateway.buffer.base import Quarantined
 from edge_gateway.config.diff import config_hash
 from edge_gateway.config.model import GatewayConfig
 from edge_gateway.gxp.audit import (
@@ -85,7 +87,6 @@ class AuditRecorder:
         self._state_path = self.directory / _STATE_FILE
         self._state = _load_json(self._state_path)
         self._last_config_event = _last_config_event(self.directory)
-        self._corrupt_seen: int | None = None
         self.failures = 0
         self.write_error: str | None = None  # the last append's failure, until one succeeds
         self.discontinuity = self._check_anchor(load_anchor(self.anchor_path, published))
@@ -210,16 +211,15 @@ class AuditRecorder:
         for fields in entries:
             await self.append(PROVENANCE_DECLARED, **fields)
 
-    async def buffer_dropped(self, corrupt: int, quarantine: Path) -> None:
-        """Called with the buffer's ``corrupt`` drop count after each maintenance round."""
-        seen, self._corrupt_seen = self._corrupt_seen, corrupt
-        if seen is not None and corrupt > seen:
-            await self.append(
-                BUFFER_QUARANTINED,
-                records=corrupt - seen,
-                reason="failed their checksum",
-                quarantine_path=str(quarantine),
-            )
+    async def buffer_quarantined(self, found: Quarantined) -> None:
+        """One quarantine of the buffer (``Buffer.take_quarantined``)."""
+        await self.append(
+            BUFFER_QUARANTINED,
+            segment=found.segment,
+            reason=found.reason,
+            records=found.records,
+            quarantine_path=str(found.path),
+        )
 
     async def stopped(self, reason: str) -> None:
         if await self.append(GATEWAY_STOPPED, reason=reason):

@@ -203,6 +203,7 @@ class Gateway:
     async def _starting(self) -> None:
         if self.audit is not None:
             await self.audit.started(self.config, shadow_version=self.applied.version if self.applied else None)
+        await self._audit_quarantines()  # found by the buffer's recovery, before anything else ran
         await self._begin_epoch(self.config)
         if clock_synchronised() is False:
             _log.warning(
@@ -245,6 +246,7 @@ class Gateway:
                         await cancel_and_wait(back[-1:])
                     await self.stages.stop_sources()
                     await self._drain(_DRAIN_GRACE_S)
+                    await self._audit_quarantines()
                     if self.audit is not None:
                         await self.audit.stopped("stop requested (SIGTERM/SIGINT)")
                     await self.stages.stop_publishers()
@@ -257,9 +259,12 @@ class Gateway:
             await cancel_and_wait(self._background)
             if self.metrics is not None:
                 self.metrics.stop()
-            await self.buffer.close()
-            if self.audit is not None:
-                self.audit.close()
+            try:
+                await self.buffer.close()  # on a full volume it logs that its ledger waits for the next start
+            finally:
+                if self.audit is not None:
+                    await self._audit_quarantines()  # found by a publisher's last reads
+                    self.audit.close()
             _log.info("gateway %s stopped", self.thing)
 
     def _start_metrics(self) -> None:
@@ -271,6 +276,12 @@ class Gateway:
             m = self.config.metrics
             _log.error("Prometheus metrics not served: cannot listen on %s:%d: %s", m.host, m.port, exc)
             self.metrics = None
+
+    async def _audit_quarantines(self) -> None:
+        """Each quarantine of the buffer since the last call becomes a ``buffer.quarantined`` entry (docs/gxp.md)."""
+        for found in self.buffer.take_quarantined():  # taken also without a trail: they must not pile up
+            if self.audit is not None:
+                await self.audit.buffer_quarantined(found)
 
     async def _drain(self, grace_s: float) -> None:
         """Give in-flight publishes a moment to get their PUBACKs so the next start re-sends less."""
@@ -288,9 +299,8 @@ class Gateway:
                 _log.warning("buffer maintenance failed (retrying in %.0f s): %s", _MAINTAIN_INTERVAL_S, exc)
             stats = self.buffer.stats()
             rounds += 1
-            if self.audit is not None:
-                await self.audit.buffer_dropped(stats.dropped["corrupt"], self.config.buffer_path / "quarantine")
-                if rounds % _CERTIFICATE_CHECK_ROUNDS == 0:
-                    await self.audit.check_certificates(self.config)
+            await self._audit_quarantines()
+            if self.audit is not None and rounds % _CERTIFICATE_CHECK_ROUNDS == 0:
+                await self.audit.check_certificates(self.config)
             oldest = stats.last_seq - stats.records + 1
             await asyncio.to_thread(self.epochs.prune, oldest)

@@ -44,8 +44,9 @@ Records, format 1 (written before format 2; still read, never written):
 Invariants:
 - Sequence numbers are assigned 1, 2, 3, … and never reused, even after every segment is deleted or
   quarantined (``next_seq`` is kept in the ledger, written before any cut and after any quarantine, and the
-  active segment is never deleted for being settled). The only gaps are numbers lost to damage: they count
-  as dropped (``corrupt``) and as settled for every destination, so acked prefixes move past them.
+  active segment is deleted for being settled only once a new one, named ``next_seq``, took its place). The
+  only gaps are numbers lost to damage: they count as dropped (``corrupt``) and as settled for every
+  destination, so acked prefixes move past them.
 - A segment holds a contiguous run of sequence numbers starting at the number in its name; the last
   segment is the only one ever appended to (the *active* one), and only while the next number continues
   its run (otherwise a new segment starts). Only a segment's committed prefix (bytes fsync'd before
@@ -54,16 +55,31 @@ Invariants:
   progress share the next one; ``fsync_interval_ms`` > 0 lingers that long to gather more).
 - The ledger is written with write-temp, fsync, rename, fsync-dir, from ``maintain()`` and ``close()``
   (when acks changed or the active segment grew); losing the newest acks to a crash only re-delivers
-  (at-least-once), never loses.
+  (at-least-once), never loses. ``close()`` on a full volume does not raise: it logs one line, and the
+  next start writes the ledger (the acks it could not persist are re-sent).
 - A sealed segment is deleted when every destination acked all of it, or when ``max_bytes`` /
   ``max_age_s`` remove it; each removed unacked record is counted by reason.
+- A full volume (ENOSPC, EDQUOT) frees itself once the backlog is acknowledged: a write that fails for want
+  of space deletes every segment all destinations acked, the active one included (a volume little larger
+  than ``segment_bytes``, or shared with other files, fills up before the active segment is sealed: a new
+  segment takes its place first), then tries once more. Nothing unacknowledged goes for a full volume: until
+  it is acked, new readings are refused and counted as ``io_error``.
 - Opening scans only the active segment (torn tail truncated; every record checked, the ledger's
   ``active`` prefix with one CRC call); start-up does not grow with the backlog.
   Memory holds one small entry per segment, not per record. A full volume does not stop the opening: the
   ledger write is retried at the next maintenance and acks stay pending until it succeeds.
 - A CRC failure inside a committed region moves that segment to ``quarantine/`` with a log line saying
-  what to do; the rest keeps flowing. Damage inside the active segment found at open is cut, the cut bytes
-  go to ``quarantine/``, and numbering resumes past every number the cut records could have had.
+  what to do; the rest keeps flowing. So does a sealed segment whose file ends before its last record (the
+  next segment's name tells which that is): emptied or cut short by a power cut or a full volume. Either
+  way the records before the damage are handed out first. Damage inside the active segment found at open
+  is cut, the cut bytes go to ``quarantine/``, and numbering resumes past every number the cut records
+  could have had. Numbers a short file lacks that every destination acked are a former quarantine's gap,
+  not damage.
+- A quarantine counts as lost (``corrupt``, once per reading, not per destination) every record of it some
+  destination had not acknowledged, whether handed out or not: one handed out but not acknowledged may not
+  have arrived, and can no longer be re-sent. Records every destination acknowledged are never counted.
+  Each quarantine, at open or later, is reported once by ``take_quarantined()`` (segment, reason, readings
+  lost, where the bytes are kept): the supervisor writes it to the audit trail.
 - A reading the codec cannot store is stored as BAD with the reason; a batch that cannot fit even in an
   empty buffer is rejected without dropping anything stored.
 
@@ -83,12 +99,13 @@ The package, one concern per module (imports only go down this list):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from edge_gateway.buffer.base import AckLedger, BufferStats, Record
+from edge_gateway.buffer.base import AckLedger, BufferStats, Quarantined, Record
 from edge_gateway.buffer.disk.format_v1 import V1_HEADER, segment_format
 from edge_gateway.buffer.disk.ledger import LEDGER, Ledger
 from edge_gateway.buffer.disk.reader import has_unread, read_records
@@ -222,6 +239,12 @@ class DiskBuffer:
         self._ledger.write()
         expire(self._state, self._active, self.max_age_s)
 
+    def take_quarantined(self) -> list[Quarantined]:
+        state = self._state
+        with state.meta:
+            taken, state.quarantined = state.quarantined, []
+        return taken
+
     def stats(self) -> BufferStats:
         state = self._state
         with state.meta:
@@ -241,7 +264,17 @@ class DiskBuffer:
     def _close(self) -> None:
         with self._active.lock:
             self._active.close()
-        self._ledger.write()
+        try:
+            self._ledger.write()
+        except OSError as exc:
+            # A clean stop must complete (the audit trail, the other stages): the next start writes the ledger.
+            _log.warning(
+                "buffer: %s could not be written at close (%s %s); the acks since it was last written will be "
+                "re-sent after the restart (at-least-once), and it is written at the next start",
+                self.path / LEDGER,
+                errno.errorcode.get(exc.errno or 0, "?"),
+                exc.strerror,
+            )
 
     def _close_fd(self) -> None:
         """Close the active segment's descriptor, as the kernel does for a killed process (the tests use it)."""

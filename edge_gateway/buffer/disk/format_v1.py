@@ -104,6 +104,12 @@ def _scan_v1_records(
             pos = end
             scan_seq += 1
         offset += pos
+    if (
+        offset + hsize > size
+        and len(found) < limit
+        and want.ended_early(seg, scan_seq, seg.last_seq, f"the file ends at byte {size}")
+    ):
+        return seg.last_seq + 1, 0
     return max(seq, scan_seq), offset
 
 

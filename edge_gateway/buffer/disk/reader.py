@@ -10,11 +10,15 @@ Contract:
 - Format 2: a run of wanted records is decoded with one call and checked with one CRC call; only a failing
   run is checked record by record, its good records handed out, and the segment quarantined
   (``Want.quarantine``); the read goes on with the next segment. A segment dropped meanwhile is skipped.
+- A file that ends before the segment's last record (emptied, cut at or inside a record) hands out what it
+  holds, then is quarantined when a record the read wants is missing (``Want.ended_early``); numbers the
+  destination acked are stepped over. Every read makes progress: none spins on a short file.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import zlib
 from itertools import repeat
 from typing import BinaryIO
@@ -62,9 +66,9 @@ def read_records(
             if seq > seg.last_seq:
                 seq = state.segments[idx + 1].first_seq if idx + 1 < len(state.segments) else state.next_seq
                 continue
-            size = seg.size
+            committed = (seg.size, seg.last_seq)  # taken together: the writer may append to it meanwhile
             offset = cursor.pos_offset if (cursor.pos_segment == seg.first_seq and cursor.next_seq == seq) else 0
-        seq, offset = _read_segment(seg, size, (seq, offset), want)
+        seq, offset = _read_segment(seg, committed, (seq, offset), want)
         with state.meta:
             cursor.next_seq, cursor.pos_segment, cursor.pos_offset = seq, seg.first_seq, offset
     with state.meta:
@@ -72,27 +76,32 @@ def read_records(
     return want.records
 
 
-def _read_segment(seg: Segment, size: int, start: tuple[int, int], want: Want) -> tuple[int, int]:
+def _read_segment(seg: Segment, committed: tuple[int, int], start: tuple[int, int], want: Want) -> tuple[int, int]:
     """Append records >= seq from one segment to ``want.records``; return (next seq, its byte offset).
 
-    ``start`` is (seq, offset): offset 0 scans from the segment's first record, otherwise it is the
-    offset of record ``seq`` itself (the cursor's cached position).
+    ``committed`` is (size, last_seq) of the segment when the read reached it. ``start`` is (seq, offset):
+    offset 0 scans from the segment's first record, otherwise it is the offset of record ``seq`` itself (the
+    cursor's cached position).
     """
+    size, last = committed
     try:
         f = seg.path.open("rb")
     except FileNotFoundError:  # dropped by a limit while we were reading
         return start[0], 0
     with f:
+        size = min(size, os.fstat(f.fileno()).st_size)  # a file cut short since it was listed
         if seg.version is None:
             seg.version = segment_format(first_record(f), seg.first_seq)
         if seg.version == FORMAT_1:
             return read_v1(seg, f, size, start, want)
-        return _read_v2(seg, f, size, start, want)
+        return _read_v2(seg, f, (size, last), start, want)
 
 
-def _read_v2(seg: Segment, f: BinaryIO, size: int, start: tuple[int, int], want: Want) -> tuple[int, int]:
+def _read_v2(
+    seg: Segment, f: BinaryIO, committed: tuple[int, int], start: tuple[int, int], want: Want
+) -> tuple[int, int]:
     """``_read_segment`` for format 2: runs of wanted records decoded in one call, checked in another."""
-    seq, offset = start
+    (size, last), (seq, offset) = committed, start
     at = seg.first_seq if offset == 0 else seq  # the seq of the record at offset
     records, acks, stop_at, limit = want.records, want.acks, want.end, want.limit
     sparse = bool(acks.ranges)
@@ -130,16 +139,50 @@ def _read_v2(seg: Segment, f: BinaryIO, size: int, start: tuple[int, int], want:
             if len(got) < count:
                 break  # the next record does not end in this chunk
         if pos == 0 and len(records) < limit and at < stop_at:
-            # Not even one record ends in the chunk: one larger than a chunk, or a damaged length.
-            length = LENGTH.unpack_from(chunk)[0] if n >= LENGTH.size else NO_END
-            if length > MAX_RECORD or offset + HEADER.size + length > size or need:
-                want.quarantine(seg, f"record {at} has a bad length at byte {offset}")
-                return seg.last_seq + 1, 0
-            need = HEADER.size + length
-            continue
+            need = _whole_record(seg, want, chunk, span=(offset, size, last), at=at, need=need)
+            if need > 0:
+                continue
+            return (seg.last_seq + 1, 0) if need < 0 else (max(seq, at), offset if at >= seq else 0)
         need = 0
         offset += pos
+    return _at_the_end(seg, want, (size, last), at=at, seq=seq, offset=offset)
+
+
+def _at_the_end(
+    seg: Segment, want: Want, committed: tuple[int, int], *, at: int, seq: int, offset: int
+) -> tuple[int, int]:
+    """``_read_v2``'s answer once it stopped at ``offset`` with record ``at`` next: when that is the end of the
+    file although records this read wants should follow, the segment is quarantined (``Want.ended_early``)."""
+    size, last = committed
+    if (
+        offset >= size
+        and len(want.records) < want.limit
+        and want.ended_early(seg, at, last, f"the file ends at byte {size}")
+    ):
+        return seg.last_seq + 1, 0
     return max(seq, at), offset if at >= seq else 0
+
+
+def _whole_record(seg: Segment, want: Want, chunk: bytes, *, span: tuple[int, int, int], at: int, need: int) -> int:
+    """Not even one record ends in ``chunk``: one larger than a chunk, a damaged length, or a file cut inside a
+    record. The bytes to read to hold record ``at`` whole; -1 when the segment was quarantined; 0 when the
+    records the file lacks are acked (the read steps past them).
+
+    ``span`` is (the chunk's offset in the file, the file's size, the segment's last seq when the read reached it);
+    ``need`` is what this chunk was read to hold (0: one chunk).
+    """
+    offset, size, last = span
+    if len(chunk) < LENGTH.size:
+        why = f"the file ends at byte {size}, inside record {at}"
+    else:
+        length: int = LENGTH.unpack_from(chunk)[0]
+        if length > MAX_RECORD:
+            want.quarantine(seg, f"record {at} has a bad length at byte {offset}")
+            return -1
+        if offset + HEADER.size + length <= size and not need:
+            return HEADER.size + length
+        why = f"record {at} has a bad length at byte {offset}, or the file (of {size} bytes) was cut in it"
+    return -1 if want.ended_early(seg, at, last, why) else 0
 
 
 def _bad_run(

@@ -10,9 +10,11 @@ Contract:
 - ``next_seq`` is in the ledger before any cut, so a crash right after it cannot bring old numbers back.
 - A destination the ledger does not know starts at the head when there is a ledger (or nothing is held), and
   at the oldest record held when there is no ledger at all (re-delivery, never loss).
-- ``quarantine`` moves a segment found damaged to quarantine/ and drops it (its unacked records counted as
-  ``corrupt``), then writes the ledger: when it was the newest segment only the ledger still knows
-  ``next_seq``.
+- ``quarantine`` moves a segment found damaged to quarantine/ and drops it (its records some destination has
+  not acked counted as ``corrupt``, handed out or not), then writes the ledger: when it was the newest segment
+  only the ledger still knows ``next_seq``.
+- Each quarantine (a segment, or a damaged tail cut at open) is added to ``State.quarantined``, once, for the
+  audit trail (``DiskBuffer.take_quarantined``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import os
 import zlib
 from dataclasses import dataclass
 
-from edge_gateway.buffer.base import AckLedger, acked_by_all
+from edge_gateway.buffer.base import AckLedger, Quarantined, acked_by_all
 from edge_gateway.buffer.disk.format_v1 import scan_v1, segment_format
 from edge_gateway.buffer.disk.ledger import Ledger, load_ledger
 from edge_gateway.buffer.disk.record import HEADER, LENGTH, chain, check_each, walk
 from edge_gateway.buffer.disk.retention import delete_settled, drop_segment
 from edge_gateway.buffer.disk.state import FORMAT_1, SUFFIX, ActiveFile, Cursor, Segment, State, quarantine_path
-from edge_gateway.util.files import DIR_OWNER_ONLY, OWNER_ONLY, ensure_dir, write_durably
+from edge_gateway.util.files import DIR_OWNER_ONLY, OWNER_ONLY, ensure_dir, fsync_dir, write_durably
 
 # The package's logger: log lines keep the logger name they had before disk.py became a package.
 _log = logging.getLogger(__package__)
@@ -66,10 +68,12 @@ def open_directory(state: State, destinations: list[str], ledger: Ledger) -> Non
     # Numbers that damaged (cut) records may have had are never handed out again.
     state.next_seq = max(ledger_next, last_seq + 1, tail.next_seq if tail else 0)
     _init_cursors(state, destinations, known, had_ledger=saved is not None)
+    lost = 0
     if tail is not None and tail.damaged and last_seq + 1 < state.next_seq:
         # The gap the cut leaves counts as dropped and settles for everyone, so acked prefixes pass it.
         gap = (last_seq + 1, state.next_seq - 1)
-        state.stats.dropped["corrupt"] += gap[1] - gap[0] + 1 - acked_by_all(state.acks.values(), *gap)
+        lost = gap[1] - gap[0] + 1 - acked_by_all(state.acks.values(), *gap)
+        state.stats.dropped["corrupt"] += lost
         for acks in state.acks.values():
             acks.add(*gap)
     state.stats.last_seq = state.next_seq - 1
@@ -77,7 +81,7 @@ def open_directory(state: State, destinations: list[str], ledger: Ledger) -> Non
     # next_seq is on disk before the cut, so a crash right after it cannot bring old numbers back.
     ledger.try_write("opening")
     if tail is not None:
-        _cut_tail(state, state.segments[-1], tail)
+        _cut_tail(state, state.segments[-1], tail, lost)
     delete_settled(state)
 
 
@@ -125,10 +129,13 @@ def _scan_tail(seg: Segment, checkpoint: list[int] | None) -> _Tail | None:
     return _Tail(good, data[good:], next_seq, damaged=next_seq > last_seq + 1)
 
 
-def _cut_tail(state: State, seg: Segment, tail: _Tail) -> None:
+def _cut_tail(state: State, seg: Segment, tail: _Tail, lost: int) -> None:
+    """Cut ``tail`` off the active segment; damaged bytes are kept in quarantine/ first (``lost`` readings)."""
     if tail.damaged:
         aside = quarantine_path(state.directory, seg.path.with_name(seg.path.name + ".tail"))
         write_durably(aside, tail.cut, mode=OWNER_ONLY, dir_mode=DIR_OWNER_ONLY)
+        why = f"damaged after record {seg.last_seq} (byte {tail.at}): {len(tail.cut)} byte(s) cut at open"
+        state.quarantined.append(Quarantined(seg.path.name, why, lost, aside))
         _log.error(
             "buffer: %s is damaged after seq %d; cut %d byte(s) and kept them in %s for analysis. Readings "
             "in them (up to seq %d) are lost and counted; numbering resumes at %d; the gateway continues",
@@ -187,14 +194,26 @@ def scan_v2(data: bytes, first_seq: int, known: tuple[int, int] | None = None) -
 
 
 def quarantine(state: State, active: ActiveFile, ledger: Ledger, seg: Segment, why: str) -> None:
-    """Move ``seg``, found damaged (``why``), to quarantine/ and drop it; the rest keeps flowing."""
+    """Move ``seg``, found damaged (``why``), to quarantine/ and drop it; the rest keeps flowing.
+
+    Lost, and counted once as ``corrupt``: every record of ``seg`` some destination had not acknowledged, handed
+    out or not: one handed out but not acknowledged may not have arrived, and can no longer be re-sent.
+    """
     with active.lock:
+        with state.meta:
+            if seg not in state.segments:
+                return  # another reader set it aside already
         if seg is (state.segments[-1] if state.segments else None):
             active.close()
         target = quarantine_path(state.directory, seg.path)
         with contextlib.suppress(FileNotFoundError):
             seg.path.replace(target)
-        drop_segment(state, seg, "corrupt")
+            # Both names durable: after a power cut the file is in quarantine/, not back among the segments.
+            fsync_dir(target.parent)
+            fsync_dir(state.directory)
+        lost = drop_segment(state, seg, "corrupt")
+        with state.meta:
+            state.quarantined.append(Quarantined(seg.path.name, why, lost, target))
     # When it was the newest segment, only the ledger still knows the next sequence number.
     ledger.try_write("quarantining a segment")
     _log.error(

@@ -2,7 +2,8 @@
 
 Contract:
 - Segments are deleted whole, never rewritten. A sealed segment goes once every destination acked all of it
-  (``delete_settled``); the active segment never goes for that reason, so ``next_seq`` survives on disk.
+  (``delete_settled``); the active segment never goes for that reason, so ``next_seq`` survives on disk (the
+  writer, on a full volume, seals a settled active segment by starting a new one, then calls ``delete_settled``).
 - ``max_bytes`` is enforced before each write (``make_room``, called with ``ActiveFile.lock`` held): settled
   segments go first; then ``reject_new``, or a batch larger than ``max_bytes``, rejects the batch before
   anything stored is dropped (``BufferFullError``); ``drop_oldest`` drops the oldest segments, the active one
@@ -42,10 +43,11 @@ def unsettled(state: State, seg: Segment) -> int:
     return max(0, seg.count - acked_by_all(state.acks.values(), seg.first_seq, seg.last_seq))
 
 
-def drop_segment(state: State, seg: Segment, reason: str) -> None:
+def drop_segment(state: State, seg: Segment, reason: str) -> int:
+    """Remove ``seg`` and its file; return how many of its records were unsettled (counted under ``reason``)."""
     with state.meta:
         if seg not in state.segments:
-            return
+            return 0
         lost = unsettled(state, seg)
         oldest = seg is state.segments[0]
         state.segments.remove(seg)
@@ -67,6 +69,7 @@ def drop_segment(state: State, seg: Segment, reason: str) -> None:
             seg.last_seq,
             reason,
         )
+    return lost
 
 
 def delete_settled(state: State) -> None:

@@ -1,8 +1,9 @@
 """What the buffer knows about its directory, shared by its parts (writer, readers, retention, ledger, recovery).
 
 Contract:
-- ``State.meta`` guards everything in ``State``: the segment list, acks, cursors, numbering, stats and the
-  ledger's dirty flag. It is held briefly, also on the event loop, and never during a segment's file I/O.
+- ``State.meta`` guards everything in ``State``: the segment list, acks, cursors, numbering, stats, the
+  ledger's dirty flag and the quarantines not yet taken. It is held briefly, also on the event loop, and never
+  during a segment's file I/O.
 - ``ActiveFile.lock`` guards the active segment's descriptor: held during write + fdatasync, and by whoever
   closes or moves that file. Locks are taken in the order ``ActiveFile.lock``, the ledger's lock, ``meta``.
 - ``segments`` is in ``first_seq`` order and ``firsts`` holds the same numbers (for bisect); the last segment
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
-from edge_gateway.buffer.base import AckLedger, BufferStats, Record
+from edge_gateway.buffer.base import AckLedger, BufferStats, Quarantined, Record
 from edge_gateway.util.files import DIR_OWNER_ONLY, ensure_dir
 
 SUFFIX = ".seg"
@@ -66,6 +67,21 @@ class Want:
     chunk_bytes: int  # bytes read from a segment at a time (a record larger than that is read whole)
     quarantine: Quarantine
 
+    def ended_early(self, seg: Segment, at: int, last: int, why: str) -> bool:
+        """The file of ``seg`` ends before record ``at`` (``why`` says where), although it holds records up to
+        ``last`` (its ``last_seq`` when the read reached it, with the size read: for a sealed segment the next
+        segment's name tells): an SD card after a power cut, a full volume. When a record this read could hand
+        out is missing, the segment is damaged: it is quarantined and True returned (the read goes on with the
+        next segment). Numbers this destination acked are no loss to it (a former quarantine's gap): False, and
+        the read steps past them."""
+        if at > last:
+            return False
+        missing = self.acks.next_unacked(at)
+        if missing > last or missing >= self.end:
+            return False
+        self.quarantine(seg, f"{why}: records {at}..{last} are missing")
+        return True
+
 
 class ActiveFile:
     """The active segment's open descriptor (None while closed) and the lock held while it is written."""
@@ -94,6 +110,7 @@ class State:
     next_seq: int = 1
     stats: BufferStats = field(default_factory=BufferStats)
     ledger_dirty: bool = False  # acks, destinations or segments changed since the ledger was written
+    quarantined: list[Quarantined] = field(default_factory=list)  # not yet taken (``DiskBuffer.take_quarantined``)
 
     def total_bytes(self) -> int:
         return sum(s.size for s in self.segments)

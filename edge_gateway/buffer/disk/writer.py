@@ -9,6 +9,9 @@ Contract:
   uncommitted bytes.
 - A failed write is truncated back to the committed size and its readings counted as ``io_error``
   (``BufferIOError``); EFBIG on a non-empty segment makes the next append start a new segment.
+- A write that fails for want of space (ENOSPC, EDQUOT) first frees what every destination acknowledged:
+  settled sealed segments and a settled active one (a new segment is created first, so its name keeps
+  ``next_seq``; then the old one is deleted), and is tried once more; only a second failure counts.
 - Only a format-2 segment that continues the numbering and has room is appended to; otherwise a new segment
   is created (its directory entry fsync'd), and an empty one the numbering has moved past is removed.
 - ``data_event`` is set, then replaced, after each successful commit: readers waiting for data wake up.
@@ -27,7 +30,7 @@ from typing import Protocol
 
 from edge_gateway.buffer.disk.ledger import Ledger
 from edge_gateway.buffer.disk.record import frame_batch
-from edge_gateway.buffer.disk.retention import Limits, make_room
+from edge_gateway.buffer.disk.retention import Limits, delete_settled, make_room
 from edge_gateway.buffer.disk.state import FORMAT_2, SUFFIX, ActiveFile, Segment, State
 from edge_gateway.errors import BufferIOError
 from edge_gateway.model import Reading
@@ -35,6 +38,8 @@ from edge_gateway.util.files import OWNER_ONLY, fsync_dir, open_append
 
 # The package's logger: log lines keep the logger name they had before disk.py became a package.
 _log = logging.getLogger(__package__)
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Settings(Limits, Protocol):
@@ -94,32 +99,20 @@ class Writer:
         with active.lock:
             data, seq = frame_batch(readings, state.next_seq)
             make_room(state, self._settings, active, self._ledger, needed=len(data), count=len(readings))
+            seg = self._segment_for(len(data), len(readings))
             try:
-                seg = self._active_segment(len(data))
+                self._put(data)
             except OSError as exc:
-                state.stats.dropped["io_error"] += len(readings)
-                raise BufferIOError(
-                    f"buffer cannot open a segment in {state.directory}: "
-                    f"{errno.errorcode.get(exc.errno or 0, '?')} {exc.strerror}; {len(readings)} reading(s) "
-                    "counted as dropped; fix the volume - the gateway retries with the next readings"
-                ) from exc
-            assert active.fd is not None
-            try:
-                written = 0
-                view = memoryview(data)
-                while written < len(data):
-                    written += os.write(active.fd, view[written:])
-                os.fdatasync(active.fd)
-            except OSError as exc:
-                state.stats.dropped["io_error"] += len(readings)
                 self._undo_partial_write(seg)
-                if exc.errno == errno.EFBIG and seg.size:
-                    self._roll = True  # this file can grow no more: the next append starts a new segment
-                raise BufferIOError(
-                    f"buffer write of {len(readings)} reading(s) to {seg.path} failed: "
-                    f"{errno.errorcode.get(exc.errno or 0, '?')} {exc.strerror}; they are counted as dropped; "
-                    "free disk space or fix the volume - the gateway retries with the next readings"
-                ) from exc
+                if exc.errno not in _NO_SPACE or not self._free_settled(seg):
+                    raise self._failed(seg, len(readings), exc) from exc
+                # The volume was full of readings every destination had acknowledged: they made room.
+                seg = self._segment_for(len(data), len(readings))
+                try:
+                    self._put(data)
+                except OSError as again:
+                    self._undo_partial_write(seg)
+                    raise self._failed(seg, len(readings), again) from again
             with state.meta:
                 seg.size += len(data)
                 seg.last_seq = seq - 1
@@ -127,6 +120,68 @@ class Writer:
                 state.next_seq = seq
                 state.stats.appended += len(readings)
                 state.stats.last_seq = seq - 1
+
+    def _segment_for(self, needed: int, count: int) -> Segment:
+        """``_active_segment``, its failure counted and translated."""
+        state = self._state
+        try:
+            return self._active_segment(needed)
+        except OSError as exc:
+            state.stats.dropped["io_error"] += count
+            raise BufferIOError(
+                f"buffer cannot open a segment in {state.directory}: "
+                f"{errno.errorcode.get(exc.errno or 0, '?')} {exc.strerror}; {count} reading(s) "
+                "counted as dropped; fix the volume - the gateway retries with the next readings"
+            ) from exc
+
+    def _put(self, data: bytearray) -> None:
+        """Write ``data`` at the end of the active segment and fdatasync it."""
+        fd = self._active.fd
+        assert fd is not None
+        written = 0
+        view = memoryview(data)
+        while written < len(data):
+            written += os.write(fd, view[written:])
+        os.fdatasync(fd)
+
+    def _failed(self, seg: Segment, count: int, exc: OSError) -> BufferIOError:
+        """Count a failed write and say what to do about it."""
+        self._state.stats.dropped["io_error"] += count
+        if exc.errno == errno.EFBIG and seg.size:
+            self._roll = True  # this file can grow no more: the next append starts a new segment
+        return BufferIOError(
+            f"buffer write of {count} reading(s) to {seg.path} failed: "
+            f"{errno.errorcode.get(exc.errno or 0, '?')} {exc.strerror}; they are counted as dropped; "
+            "free disk space or fix the volume - the gateway retries with the next readings"
+        )
+
+    def _free_settled(self, seg: Segment) -> bool:
+        """The volume is full: delete the segments every destination acknowledged, the active one ``seg``
+        included (a volume little larger than ``segment_bytes``, or shared, fills up before it is sealed). A new
+        segment takes the active one's place first, so a file name still holds ``next_seq``. True when
+        anything went (the write is worth one more try)."""
+        state = self._state
+        with state.meta:
+            floor = min((a.acked_through for a in state.acks.values()), default=state.next_seq - 1)
+            settled = [s for s in state.segments if s.count and s.last_seq <= floor]
+        if not settled:
+            return False
+        if seg in settled:
+            self._roll = True
+            try:
+                self._active_segment(0)
+            except OSError as exc:
+                _log.warning("buffer: volume full, and no new segment can be created to free %s: %s", seg.path, exc)
+                return False
+        delete_settled(state)
+        _log.warning(
+            "buffer: the volume of %s is full: deleted %d segment(s) every destination had acknowledged (%s) to "
+            "make room; writing goes on",
+            state.directory,
+            len(settled),
+            ", ".join(s.path.name for s in settled),
+        )
+        return True
 
     def _undo_partial_write(self, seg: Segment) -> None:
         try:
