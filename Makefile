@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-opcua bench-modbus bench-e2e bench-timings build clean
+.PHONY: setup test check lint typecheck unit integration faults demo sim bench bench-buffer bench-publish bench-opcua bench-modbus bench-e2e bench-timings bench-peer build clean
 
 setup: ## create .venv, install the package with dev extras, install Mosquitto and poppler-utils when missing
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ setup: ## create .venv, install the package with dev extras, install Mosquitto a
 	@bash scripts/install-system-packages.sh
 
 test: check ## lint, type check, all tests
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 check: lint typecheck
 
@@ -39,7 +39,7 @@ demo: ## both PLC simulators, a local mTLS broker, the gateway and a live view (
 sim: ## just the two PLC simulators, in the foreground
 	@bash -c 'trap "kill 0" EXIT; $(PY) -m simulators.opcua_plc --port 4840 & $(PY) -m simulators.modbus_plc --port 5020 & wait'
 
-bench: bench-buffer bench-publish bench-opcua bench-modbus bench-e2e bench-timings
+bench: bench-buffer bench-publish bench-opcua bench-modbus bench-e2e bench-timings bench-peer
 
 bench-buffer: ## durable appends/s, drain/s, write amplification, RSS with a 10M backlog, recovery time
 	$(PY) -m bench.buffer
@@ -59,7 +59,13 @@ bench-e2e:
 bench-timings: ## what tests no longer assert: fresh-reading delay during a drain, flow-control rate, frozen-broker detection, refused-client retry cost
 	$(PY) -m bench.timings
 
-build: ## the Greengrass component as `gdk component build` makes it, with wheels for x86_64 and aarch64 (downloads them)
+bench-peer: ## ThingsBoard IoT Gateway 3.8.5 side by side on the same Modbus workload (installs it in bench/.peer-venv); CPU per point, ceiling, bytes/point, latency, RSS
+	test -x bench/.peer-venv/bin/python || $(PYTHON) -m venv bench/.peer-venv
+	bench/.peer-venv/bin/pip install --quiet --disable-pip-version-check -r bench/peer/requirements.txt \
+		|| echo "bench-peer: installing ThingsBoard IoT Gateway failed (above); ours is measured alone"
+	$(PY) -m bench.peer
+
+build: ## the Greengrass component, exactly what `gdk component build` runs (wheels for CPython 3.11-3.13 on x86_64 and aarch64, downloaded once into build/wheel-cache)
 	$(PY) scripts/build_component.py
 
 clean:

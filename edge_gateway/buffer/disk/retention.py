@@ -96,9 +96,22 @@ def make_room(state: State, limits: Limits, active: ActiveFile, ledger: Ledger, 
         )
     while state.total_bytes() + needed > limits.max_bytes:
         if len(state.segments) == 1:
-            active.close()  # the newest data wins: even the active segment goes, a new one starts
+            # The newest data wins: even the active segment goes, a new one starts. Its name is what keeps
+            # next_seq on disk, so the ledger must hold next_seq durably before it goes: a power cut after the
+            # unlink would otherwise hand out its sequence numbers again. No ledger, no drop.
+            with state.meta:
+                state.ledger_dirty = True
+            try:
+                ledger.write()
+            except OSError as exc:
+                state.stats.dropped["full"] += count
+                raise BufferFullError(
+                    f"buffer at {state.directory} is full and its ledger cannot be written ({exc}): {count} new "
+                    "reading(s) rejected rather than the last segment dropped; free disk space"
+                ) from exc
+            active.close()
         drop_segment(state, state.segments[0], "full")
-    if not state.segments:  # only the ledger knows the next sequence number until the write below
+    if not state.segments:  # the acks moved past the dropped records: the ledger says so too
         ledger.try_write("dropping the last segment")
 
 
