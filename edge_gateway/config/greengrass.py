@@ -16,7 +16,10 @@ Precedence, highest first:
 3. the component configuration's ``endpoint``, ``port``, ``certFile``, ``keyFile``, ``caFile``;
 4. the nucleus: thing name, root CA (``GG_ROOT_CA_PATH``), data directory ``<work path>/data`` (it is
    kept across component versions, and so is the buffer);
-5. the gateway's own defaults.
+5. the gateway's own defaults; here also one IoT Core destination ``cloud`` when the document names none,
+   so a fleet's ``gatewayConfig`` holds only what every gateway shares (``shadow.allowed_source_hosts``):
+   one deployment for a thing group starts every gateway with no sources, and each takes its own from its
+   named shadow (docs/deployment.md, "A fleet"). A document with nothing at all is refused as a mistake.
 
 Levels 3 and 4 only fill in what the document leaves out; a value they would have set but the document
 overrides is reported, so a deployment change that cannot take effect is never silent. An empty value,
@@ -73,6 +76,8 @@ _COMPONENT_KEY = {
     KEY_FILE: "keyFile",
     CA_FILE: "caFile",
 }
+# What a document without publisher.destinations publishes to: IoT Core on the default topic dt/<thing>/<source>.
+DEFAULT_DESTINATION = {"type": "iotcore", "name": "cloud"}
 _UNREPLACED = re.compile(r"\{[\w.-]+:[^}]*\}")
 _ENDPOINT_REGION = re.compile(r"\.iot\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 _MAX_PORT = 65535
@@ -160,11 +165,22 @@ def apply_environment(doc: Mapping[str, Any], env: Mapping[str, str]) -> tuple[d
     fill(("gateway", "thing_name"), core, "the Greengrass core's thing name")
     work = setting(env, WORK_DIR)
     fill(("gateway", "data_dir"), f"{work}/data" if work else None, "the component's work directory")
+    notes += _default_destination(out)
 
     notes += _cross_checks(out, env, core, errors)
     if errors:
         raise ConfigError(ORIGIN, errors)
     return out, notes
+
+
+def _default_destination(doc: dict[str, Any]) -> list[Note]:
+    """No ``publisher.destinations`` in the document: one IoT Core destination, so that a fleet's shared
+    ``gatewayConfig`` need not name one; the shadow may replace it."""
+    publisher = doc.setdefault("publisher", {})
+    if not isinstance(publisher, dict) or "destinations" in publisher:
+        return []  # set, or not an object: validation reports it with its path
+    publisher["destinations"] = [dict(DEFAULT_DESTINATION)]
+    return [Note(logging.INFO, f"publisher.destinations = [{DEFAULT_DESTINATION}] (the component's default)")]
 
 
 def _ipc_mode(doc: Mapping[str, Any]) -> bool:
@@ -291,7 +307,9 @@ def load(env: Mapping[str, str], config_file: Path | None = None) -> tuple[Gatew
                 FieldError(
                     "(document)",
                     "no gateway configuration: set gatewayConfig (the config document inline) or configFile "
-                    "(a YAML or JSON file the component user can read) in the deployment (docs/deployment.md)",
+                    "(a YAML or JSON file the component user can read) in the deployment; for a fleet whose "
+                    "gateways take their sources from their shadows, gatewayConfig needs only "
+                    "shadow.allowed_source_hosts (docs/deployment.md, 'A fleet')",
                 )
             ],
         )

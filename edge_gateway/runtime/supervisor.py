@@ -195,6 +195,7 @@ class Gateway:
             if change.status_changed:
                 self.status.interval_s = new.status.interval_s
                 self.presence.heartbeat_s = new.heartbeat.interval_s
+                self.health.min_interval_s = new.heartbeat.shadow_min_interval_s
             self.config = new
             if not change.empty:
                 _log.info("configuration changed: %s", change.describe())

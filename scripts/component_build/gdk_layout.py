@@ -1,24 +1,29 @@
-"""What ``gdk component build`` (gdk CLI 1.6.2, zip build) produces, made without gdk once ``wheels/`` is there.
+"""``greengrass-build/`` as ``gdk component publish`` (gdk CLI 1.6.2) takes it from a ``custom`` build.
 
-- Zip build (``zip_build``): the project minus ``gdk-config.json``, ``greengrass-build/``, the recipe and the
-  ``excludes`` globs (gdk's ``glob.glob(root/pattern, recursive=True)``, ``excluded_paths``) is copied to
-  ``zip-build/<folder name>/`` (left behind, as gdk does) and zipped without a wrapper folder as
-  ``zip-build/<zip_name>.zip``.
-- Recipe transform (``transform_recipe``): ``ComponentName``, ``ComponentVersion`` and
-  ``ComponentPublisher`` overwritten from gdk-config.json and every ``s3://`` artifact whose file was built
-  rewritten to ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``; an artifact that was not built
-  is a BuildError (gdk would look on S3). Recipe keys are matched without case, as gdk reads them.
-- ``gdk_build(root, component)`` does both into ``greengrass-build/``: ``recipes/recipe.yaml`` re-dumped with
-  ``yaml.safe_dump(sort_keys=False)`` after the checks of ``rules`` (size, schema), and the zip in
-  ``artifacts/<name>/<version>/``; it returns (built recipe, artifact zip).
+gdk's ``custom`` build system empties ``greengrass-build/``, creates ``recipes/`` and
+``artifacts/<name>/<version>/`` and runs ``custom_build_command`` as it is; it then transforms nothing.
+``gdk component publish`` uploads every file of ``artifacts/<name>/<version>/``, reads
+``recipes/recipe.yaml`` (its ``ComponentName`` must be the configured one), rewrites each ``s3://`` URI
+whose file it uploaded to ``s3://<bucket>/<name>/<version>/<file>`` and creates the component version.
+So the build writes what gdk's own zip build would have written:
+
+- ``deterministic_zip(src, zip_path)``: the files under ``src`` (here ``wheels/``), no wrapper folder,
+  sorted, every entry dated 1980-01-01 with mode 0644, stored (wheels are zips already; deflate's output
+  would depend on the zlib build): the same inputs give the same bytes on any machine.
+- ``transform_recipe``: ``ComponentName``, ``ComponentVersion`` and ``ComponentPublisher`` from
+  gdk-config.json and every ``s3://`` artifact the build made rewritten to
+  ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>`` (as gdk's zip build does); an artifact that
+  was not built is a BuildError. Recipe keys are matched without case, as gdk reads them.
+- ``write_component(root, component, staged)``: both into ``greengrass-build/``, the recipe checked as gdk
+  checks it (``rules``: size, schema) and re-dumped with ``yaml.safe_dump(sort_keys=False)``; returns
+  (built recipe, artifact zip).
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import shutil
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,36 +32,28 @@ import yaml
 
 from .errors import BuildError
 from .rules import Component, read_recipe, recipe_problems
+from .wheelhouse import ZIP_DATE
 
 S3_PREFIX = "s3://"
 BUILT_URI = "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION"
-# gdk always leaves these out of the zip (at the project root), besides the configured excludes.
-GDK_ALWAYS_EXCLUDED = ("gdk-config.json", "greengrass-build")
 
 
-def excluded_paths(root: Path, patterns: tuple[str, ...]) -> set[str]:
-    """gdk's ``generate_ignore_list_from_globs``: absolute path strings matched by ``root/<pattern>``."""
-    matched: set[str] = set()
-    for pattern in patterns:
-        matched |= set(glob.glob(f"{root}{os.sep}{pattern}", recursive=True))  # noqa: PTH207 - as gdk does
-    return matched
-
-
-def zip_build(root: Path, component: Component, recipe_file: str = "recipe.yaml") -> Path:
-    """gdk ``Zip.build``: returns ``zip-build/<zip_name>.zip``."""
-    build = root / "zip-build"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir()
-    unwanted = excluded_paths(root, (*GDK_ALWAYS_EXCLUDED, recipe_file, *component.excludes))
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        return {
-            n for n in names if str(Path(directory) / n) in unwanted or f"{Path(directory) / n}{os.sep}" in unwanted
-        }
-
-    copy = build / root.name
-    shutil.copytree(root, copy, ignore=ignore)
-    return Path(shutil.make_archive(str(build / component.zip_name), "zip", root_dir=copy))
+def deterministic_zip(src: Path, zip_path: Path) -> Path:
+    """``src``'s files (and folders) zipped with no wrapper folder, in a fixed order, with fixed dates and modes."""
+    paths = sorted(src.rglob("*"), key=lambda p: p.relative_to(src).as_posix())
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for path in paths:
+            name = path.relative_to(src).as_posix()
+            if path.is_dir():
+                entry = zipfile.ZipInfo(name + "/", ZIP_DATE)
+                entry.external_attr = (0o40755 << 16) | 0x10
+                zf.writestr(entry, b"")
+                continue
+            entry = zipfile.ZipInfo(name, ZIP_DATE)
+            entry.external_attr = 0o100644 << 16
+            entry.compress_type = zipfile.ZIP_STORED  # wheels are zips already; stored bytes do not depend on zlib
+            zf.writestr(entry, path.read_bytes())
+    return zip_path
 
 
 def _key(mapping: Mapping[str, Any], wanted: str) -> str:
@@ -65,7 +62,7 @@ def _key(mapping: Mapping[str, Any], wanted: str) -> str:
 
 
 def transform_recipe(recipe: dict[str, Any], component: Component, built: set[str]) -> dict[str, Any]:
-    """gdk's ``update_component_recipe_file``: name, version, publisher and the URIs of built artifacts."""
+    """Name, version, publisher and the URIs of built artifacts, as gdk's build transform sets them."""
     out: dict[str, Any] = json.loads(json.dumps(recipe))  # a deep copy of plain JSON data
     out[_key(out, "ComponentName")] = component.name
     out[_key(out, "ComponentVersion")] = component.version
@@ -79,42 +76,38 @@ def transform_recipe(recipe: dict[str, Any], component: Component, built: set[st
             file_name = Path(uri).name
             if file_name not in built:
                 msg = f"Could not find artifact with URI '{uri}' on s3 or inside the build folders."
-                raise BuildError(f"{msg} (built: {sorted(built)}; offline builds cannot look on S3)")
+                raise BuildError(f"{msg} (built: {sorted(built)})")
             artifact[uri_key] = f"{BUILT_URI}/{file_name}"
     return out
 
 
-def gdk_build(root: Path, component: Component) -> tuple[Path, Path]:
-    """gdk ``component build`` after the wheels are in place: (built recipe, artifact zip)."""
+def write_component(root: Path, component: Component, staged: Path) -> tuple[Path, Path]:
+    """``greengrass-build/``: the recipe and ``<zip_name>.zip`` of ``staged``; returns (recipe, artifact)."""
     recipes_found = [p for p in (root / "recipe.yaml", root / "recipe.json") if p.is_file()]
     if len(recipes_found) != 1:
         raise BuildError(f"{root} needs exactly one of recipe.yaml and recipe.json (found {len(recipes_found)})")
     if recipes_found[0].suffix != ".yaml":
         raise BuildError("this build writes YAML recipes only")
-    out = root / "greengrass-build"
-    shutil.rmtree(out, ignore_errors=True)
-    recipes = out / "recipes"
-    artifacts = out / "artifacts" / component.name / component.version
-    recipes.mkdir(parents=True)
-    artifacts.mkdir(parents=True)
-    zip_path = zip_build(root, component, recipes_found[0].name)
-    built = {p.name for p in zip_path.parent.iterdir() if p.is_file()}
-    recipe = transform_recipe(read_recipe(recipes_found[0]), component, built)
+    recipe = transform_recipe(read_recipe(recipes_found[0]), component, {component.zip_file})
     problems = recipe_problems(recipe)
     if problems:
         raise BuildError(
             f"{recipes_found[0]} does not validate against the Greengrass recipe schema: {'; '.join(problems)}"
         )
-    for uri in _artifact_uris(recipe):
-        if uri.startswith(BUILT_URI + "/"):
-            shutil.copy(zip_path.parent / Path(uri).name, artifacts)
+    out = root / "greengrass-build"
+    shutil.rmtree(out, ignore_errors=True)  # gdk empties it before the custom command too
+    recipes = out / "recipes"
+    artifacts = out / "artifacts" / component.name / component.version
+    recipes.mkdir(parents=True)
+    artifacts.mkdir(parents=True)
+    artifact = deterministic_zip(staged, artifacts / component.zip_file)
     built_recipe = recipes / recipes_found[0].name
     with built_recipe.open("w", encoding="utf-8") as f:
         yaml.safe_dump(recipe, f, sort_keys=False)
-    return built_recipe, artifacts / zip_path.name
+    return built_recipe, artifact
 
 
-def _artifact_uris(recipe: Mapping[str, Any]) -> Iterator[str]:
+def artifact_uris(recipe: Mapping[str, Any]) -> Iterator[str]:
     for manifest in recipe.get(_key(recipe, "Manifests"), []):
         for artifact in manifest.get(_key(manifest, "Artifacts"), []):
             yield str(artifact.get(_key(artifact, "URI"), ""))

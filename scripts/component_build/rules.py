@@ -1,7 +1,8 @@
 """What gdk and Greengrass accept, checked before anything is built: gdk-config.json and the recipe.
 
-- ``gdk_config_problems(doc)``: what gdk's config schema (and its zip build) would refuse in gdk-config.json,
-  plus what makes a zip build depend on the checkout (no ``zip_name``, an empty ``excludes``); one message per
+- ``gdk_config_problems(doc)``: what gdk's config schema would refuse in gdk-config.json, plus what this
+  build needs: the ``custom`` build system running ``BUILD_COMMAND`` (as a list: gdk runs a string as one
+  program name) and ``build.options.zip_name`` (the artifact's name, without ``.zip``); one message per
   broken rule, ``[]`` when it is fine. ``read_component(root)`` reads the file through it and returns the one
   ``Component``, or raises BuildError (also for ``NEXT_PATCH``, which needs gdk and AWS credentials).
 - ``recipe_problems(recipe)``: the rules of gdk's recipe schema (draft-7, on the lower-cased recipe) this
@@ -24,6 +25,8 @@ import yaml
 from .errors import BuildError
 
 RECIPE_MAX_BYTES = 16_000
+# What gdk-config.json's custom_build_command must be: `gdk component build` runs it in the project folder.
+BUILD_COMMAND = ("python3", "scripts/build_component.py")
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _COMPONENT_NAME = re.compile(r"^[a-zA-Z0-9-_.]+$")
 
@@ -36,7 +39,6 @@ class Component:
     version: str
     author: str
     zip_name: str
-    excludes: tuple[str, ...]
     bucket: str
     region: str
 
@@ -46,7 +48,7 @@ class Component:
 
 
 def gdk_config_problems(doc: Any) -> list[str]:  # noqa: ANN401, C901 - raw JSON, one check per rule
-    """What gdk's config schema (and its zip build) would refuse, plus what makes a zip build CI-dependent."""
+    """What gdk's config schema would refuse, plus what this build needs (the custom command, zip_name)."""
     if not isinstance(doc, dict):
         return ["gdk-config.json must hold a JSON object"]
     problems = [f"unknown top-level key {key!r}" for key in doc if key not in {"component", "gdk_version", "test-e2e"}]
@@ -69,17 +71,18 @@ def gdk_config_problems(doc: Any) -> list[str]:  # noqa: ANN401, C901 - raw JSON
     ):
         problems.append(f"version {version!r} must be a semantic version (major.minor.patch) or NEXT_PATCH")
     build = comp.get("build", {})
-    if build.get("build_system") != "zip":
-        problems.append(f"build.build_system must be 'zip' (is {build.get('build_system')!r})")
+    if build.get("build_system") != "custom":
+        problems.append(f"build.build_system must be 'custom' (is {build.get('build_system')!r})")
+    if build.get("custom_build_command") != list(BUILD_COMMAND):
+        problems.append(
+            f"build.custom_build_command must be {list(BUILD_COMMAND)} (is {build.get('custom_build_command')!r})"
+        )
     options = build.get("options", {})
     zip_name = options.get("zip_name")
     if not isinstance(zip_name, str) or not zip_name:
-        problems.append("build.options.zip_name is required: without it the zip is named after the checkout folder")
+        problems.append("build.options.zip_name is required: the artifact's name, which the recipe's URI names")
     elif zip_name.endswith(".zip"):
-        problems.append(f"zip_name {zip_name!r} must not end with .zip (gdk would build {zip_name}.zip)")
-    excludes = options.get("excludes")
-    if not isinstance(excludes, list) or not excludes or not all(isinstance(e, str) and e for e in excludes):
-        problems.append("build.options.excludes must be a non-empty list of globs (any option replaces gdk's defaults)")
+        problems.append(f"zip_name {zip_name!r} must not end with .zip (the artifact would be {zip_name}.zip)")
     publish = comp.get("publish", {})
     if not isinstance(publish.get("bucket"), str) or not publish.get("bucket"):
         problems.append("publish.bucket is required")
@@ -104,7 +107,6 @@ def read_component(root: Path) -> Component:
         version=comp["version"],
         author=comp["author"],
         zip_name=options["zip_name"],
-        excludes=tuple(options["excludes"]),
         bucket=comp["publish"]["bucket"],
         region=comp["publish"].get("region", ""),
     )

@@ -1,11 +1,14 @@
-"""The built component, installed and run the way the Greengrass nucleus does it, with no network.
+"""The built component, installed and run the way the Greengrass nucleus does it, with no network, once per
+supported Python the machine has (python3.11, python3.12, python3.13 on PATH; the others skip, saying why).
 
-The dependency wheels are repacked from this venv's installed distributions (this machine's architecture
-only: `make build` downloads both), so a fresh CI machine needs no PyPI at test time. Then the same code as
-`make build` (scripts/build_component.py) builds the zip and recipe in a copy of the project; the zip is
-unpacked where the nucleus puts it and the built recipe's own Install and Run scripts run, recipe
-variables replaced, under ``sh -c`` as the nucleus runs them: Install offline into a fresh venv, again as a
-no-op, then Run against the PLC simulators and a local broker, stopped with SIGTERM.
+The dependency wheels: for this venv's own Python they are repacked from its installed distributions (this
+machine's architecture only), so a fresh CI machine needs no PyPI at test time; for another Python they are
+the locked wheels of build/wheel-cache (`make build` fills it), or the test skips. Then the same code as
+`gdk component build` (scripts/build_component.py) builds the zip and recipe in a copy of the project; the
+zip is unpacked where the nucleus puts it and the built recipe's own Install and Run scripts run, recipe
+variables replaced, under ``sh -c`` as the nucleus runs them, with only that Python on PATH: Install
+offline into a fresh venv (saying which Python it took), again as a no-op, then Run against the PLC
+simulators and a local broker, stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ pytestmark = pytest.mark.skipif(
     platform.machine() not in build.ARCHITECTURES or sys.platform != "linux",
     reason="the component is built for Linux on x86_64 and aarch64",
 )
+HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def runtime_distributions(requirements: list[str]) -> list[metadata.Distribution]:
@@ -115,7 +119,9 @@ class Device:
     variables: dict[str, str]
     work: Path
     venv: Path
-    path: str  # PATH with a python3.11
+    path: str  # PATH with python3.X, the one Python under test
+    python: str  # "3.12"
+    installed: subprocess.CompletedProcess[str]  # the first Install
 
     def lifecycle(self) -> dict[str, Any]:
         steps: dict[str, Any] = self.recipe["Manifests"][0]["Lifecycle"]
@@ -136,25 +142,71 @@ class Device:
         )
 
 
-@pytest.fixture(scope="module")
-def device(tmp_path_factory: pytest.TempPathFactory) -> Device:
-    base = tmp_path_factory.mktemp("component")
+def project_copy(base: Path) -> Path:
     project = base / "project"
     shutil.copytree(
         ROOT,
         project,
         ignore=shutil.ignore_patterns(
-            ".*", "tests", "bench", "var", "wheels", "greengrass-build", "zip-build", "__pycache__", "*.egg-info"
+            ".*",
+            "tests",
+            "bench",
+            "var",
+            "build",
+            "wheels",
+            "greengrass-build",
+            "zip-build",
+            "__pycache__",
+            "*.egg-info",
         ),
     )
-    wheelhouse = base / "wheelhouse"
-    wheelhouse.mkdir()
-    _, _, requirements = build.runtime_requirements(project)
-    for dist in runtime_distributions(requirements):
-        repack(dist, wheelhouse)
-    build.build_wheels(project, wheelhouse, (platform.machine(),))
+    return project
+
+
+def build_for(project: Path, base: Path, python: str) -> tuple[Path, Path]:
+    """The component for ``python`` on this machine's architecture: (built recipe, artifact) or a skip."""
+    target = build.Target(python, platform.machine())
+    if python == HOST_PYTHON:
+        wheelhouse = base / "wheelhouse"
+        wheelhouse.mkdir()
+        _, _, requirements = build.runtime_requirements(project)
+        for dist in runtime_distributions(requirements):
+            repack(dist, wheelhouse)
+        return build.build(project, wheelhouse=wheelhouse, targets=(target,))
+    cache = ROOT / "build" / "wheel-cache"
+    lock = build.read_lock(project)
+    missing = [f for f in lock.targets[target.key] if not (cache / f).is_file()]
+    if missing:
+        pytest.skip(f"no {target.key} wheels here ({len(missing)} missing from {cache}): `make build` downloads them")
+    shutil.copytree(cache, project / "build" / "wheel-cache")
+    # Every Python of this architecture: pip's own dry run in the build evaluates markers for this machine.
+    same_arch = tuple(t for t in build.TARGETS if t.arch == target.arch)
+    return build.build(project, offline=True, targets=same_arch)
+
+
+def find_python(version: str) -> str | None:
+    """A working ``python<version>`` with its venv module: on PATH, else one pyenv keeps (its shims may not run)."""
+    candidates = [shutil.which(f"python{version}")]
+    candidates += sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        check = f"import sys, ensurepip, venv; assert sys.version_info[:2] == {tuple(map(int, version.split('.')))}"
+        if subprocess.run([candidate, "-c", check], capture_output=True, check=False, timeout=60).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module", params=build.PYTHON_VERSIONS, ids=lambda v: f"python{v}")
+def device(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Device:
+    python: str = request.param
+    interpreter = getattr(sys, "_base_executable", sys.executable) if python == HOST_PYTHON else find_python(python)
+    if interpreter is None:
+        pytest.skip(f"no python{python} with its venv module on this machine (the component supports it)")
+    base = tmp_path_factory.mktemp(f"component-{python}")
+    project = project_copy(base)
+    recipe_path, artifact = build_for(project, base, python)
     component = build.read_component(project)
-    recipe_path, artifact = build.gdk_build(project, component)
     recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
 
     # Where the nucleus puts things: the ZIP unpacked to <decompressedPath>/<zip name>/, a work directory.
@@ -166,23 +218,38 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Device:
     (work / "venv-0.0.9").mkdir()  # a previous version's venv
     bin_dir = base / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python3.11").symlink_to(getattr(sys, "_base_executable", sys.executable))
+    (bin_dir / f"python{python}").symlink_to(interpreter)
+    (bin_dir / "rm").symlink_to(shutil.which("rm") or "/bin/rm")  # the one other program Install runs
     variables = {"work:path": str(work), "artifacts:decompressedPath": str(decompressed), "iot:thingName": THING}
-    device = Device(recipe, variables, work, work / f"venv-{component.version}", f"{bin_dir}:/usr/bin:/bin")
+    path = str(bin_dir)  # only the Python under test: not one the machine has besides
+    first = Device(recipe, variables, work, work / f"venv-{component.version}", path, python, _unused())
     # Within the recipe's Install Timeout, or the nucleus (and Device.install) gives up: that is the bound.
     # How long it takes is not asserted (a loaded machine); the build's own timing is in the CI log.
-    done = device.install()
+    done = first.install()
     assert done.returncode == 0, done.stdout + done.stderr
-    return device
+    return Device(recipe, variables, work, first.venv, path, python, done)
+
+
+def _unused() -> subprocess.CompletedProcess[str]:
+    return subprocess.CompletedProcess([], 0, "", "")
 
 
 def test_install_builds_the_venv_offline_and_removes_older_ones(device: Device) -> None:
-    assert (device.venv / ".installed").is_file()
+    assert (device.venv / ".installed").read_text(encoding="utf-8").startswith(f"Python {device.python}.")
+    assert f"edge-gateway: installing with {device.path}/python{device.python} (Python" in (device.installed.stdout)
     assert not (device.work / "venv-0.0.9").exists()
     version = subprocess.run(
         [device.venv / "bin" / "edge-gateway", "--version"], capture_output=True, text=True, check=True, timeout=60
     )
     assert version.stdout.strip() == f"edge-gateway {device.recipe['ComponentVersion']}"
+    python = subprocess.run(
+        [device.venv / "bin" / "python", "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert python.stdout.strip() == str(tuple(int(p) for p in device.python.split(".")))
 
 
 def test_install_again_at_the_next_nucleus_start_is_a_no_op(device: Device) -> None:
@@ -198,14 +265,14 @@ def test_install_again_at_the_next_nucleus_start_is_a_no_op(device: Device) -> N
     assert tree() == before
 
 
-def test_install_without_python311_says_what_is_missing(device: Device) -> None:
+def test_install_without_a_supported_python_says_what_is_missing(device: Device) -> None:
     script = interpolate(device.lifecycle()["Install"]["Script"], device.variables, {})
     script = script.replace(str(device.venv), str(device.work / "venv-missing-python"))
     done = subprocess.run(
         ["/bin/sh", "-c", script], env={"PATH": "/nonexistent"}, capture_output=True, text=True, check=False
     )
     assert done.returncode == 1
-    assert "needs python3.11 and python3.11-venv" in done.stderr
+    assert "edge-gateway needs CPython 3.13, 3.12 or 3.11 with its venv module" in done.stderr
 
 
 async def test_run_publishes_and_stops_cleanly_on_sigterm(
@@ -271,7 +338,7 @@ async def test_run_publishes_and_stops_cleanly_on_sigterm(
 
 
 def test_install_from_an_artifact_built_without_wheels_says_how_to_build_it(device: Device) -> None:
-    """What a gdk user who skipped the wheels pre-step gets (gdk 1.6.2 builds such a zip and exits 0)."""
+    """What an artifact zipped some other way than scripts/build_component.py gets."""
     variables = device.variables | {"artifacts:decompressedPath": str(device.work / "no-wheels")}
     script = interpolate(device.lifecycle()["Install"]["Script"], variables, {})
     script = script.replace(str(device.venv), str(device.work / "venv-no-wheels"))
@@ -279,5 +346,5 @@ def test_install_from_an_artifact_built_without_wheels_says_how_to_build_it(devi
         ["/bin/sh", "-c", script], env={"PATH": device.path}, capture_output=True, text=True, check=False
     )
     assert done.returncode == 1
-    assert "the artifact has no wheels/: build it with 'make build'" in done.stderr
+    assert "the artifact has no wheels/: it was not built by scripts/build_component.py" in done.stderr
     assert not (device.work / "venv-no-wheels").exists()
