@@ -226,3 +226,49 @@ class PowerLossFS:
             self.frozen = True
             if until_frozen:
                 return "frozen"
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """One boot-write-cut cycle of a writer process (``power_cycle``)."""
+
+    out: Path  # what the cut left: the next boot's disk
+    log: Path  # the writer's stdout (its reports of what is durable); stderr beside it as .err
+    report: CutReport
+    exited: int | None  # the writer's exit status if it ended before the cut (only an armed cut may do that)
+    frozen: bool  # an armed cut fired
+
+
+def power_cycle(
+    fs: PowerLossFS,
+    cmd: list[str],
+    *,
+    out: Path,
+    log: Path,
+    arm: int | None,
+    ready: str | None,
+    pause_s: float,
+) -> Cycle:
+    """Run ``cmd`` (its stdout to ``log``) on the mounted ``fs`` and cut the power: just before the ``arm``-th sync
+    if given (waiting up to ``pause_s`` for it), else after ``pause_s``, counted from the first line starting with
+    ``ready`` when given (so cuts can land after start-up), else from the start. A writer that ends by itself
+    before an unarmed cut fails the test with its stderr."""
+    if arm is not None:
+        fs.arm(arm)
+    with log.open("w") as stdout, log.with_suffix(".err").open("w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=REPO)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S * 2  # only gives up waiting
+        while ready is not None and not log.read_text().startswith(ready) and proc.poll() is None and not fs.frozen:
+            assert time.monotonic() < deadline, f"the writer did not say {ready!r} within {START_TIMEOUT_S * 2} s"
+            fs.wait_frozen(0.002) if arm is not None else time.sleep(0.002)
+        fs.wait_frozen(pause_s) if arm is not None else time.sleep(pause_s)
+        exited = proc.poll()
+        report = fs.cut(proc, out)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if exited is not None and not fs.frozen:
+        pytest.fail(f"the writer exited by itself ({exited}): {log.with_suffix('.err').read_text()[-2000:]}")
+    return Cycle(out, log, report, exited, fs.frozen)

@@ -33,7 +33,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import pytest
 from edge_gateway.buffer.base import AckLedger
 from edge_gateway.buffer.disk import QUARANTINE, SUFFIX
 from tests.faults.test_buffer_crash import acked_in, read_back
-from tests.powerloss.harness import REPO, CutReport, Mode, PowerLossFS
+from tests.powerloss.harness import REPO, CutReport, Mode, PowerLossFS, power_cycle
 
 pytestmark = pytest.mark.usefixtures("needs_fuse")
 
@@ -96,27 +95,18 @@ def power_cut(
     armed, from_ready, pause = rng.random() < 0.7, rng.random() < 0.5, rng.uniform(0.02, 0.25)
     with PowerLossFS(tmp_path / "mnt", seed_dir=disk, mode=mode, seed=rng.randrange(1 << 30)) as fs:
         cmd[3] = str(fs.mount / BUFFER)
-        if armed:
-            fs.arm(round(MAX_SYNC ** rng.random()))  # start-up (recovery) about as often as later on
-        with log.open("w") as stdout, log.with_suffix(".err").open("w") as stderr:
-            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=REPO)
-        try:
-            deadline = time.monotonic() + 60  # only gives up waiting
-            while from_ready and not log.read_text().startswith("O ") and proc.poll() is None and not fs.frozen:
-                assert time.monotonic() < deadline, "the writer did not open the buffer within 60 s"
-                fs.wait_frozen(0.002) if armed else time.sleep(0.002)
-            fs.wait_frozen(ARMED_WAIT_S) if armed else time.sleep(pause)
-            exited = proc.poll()
-            report = fs.cut(proc, out)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        cycle = power_cycle(
+            fs,
+            cmd,
+            out=out,
+            log=log,
+            arm=round(MAX_SYNC ** rng.random()) if armed else None,  # start-up about as often as later on
+            ready="O " if from_ready else None,
+            pause_s=ARMED_WAIT_S if armed else pause,
+        )
     run = parse(log)
-    if exited is not None and not fs.frozen:
-        pytest.fail(f"cut {i}: the writer exited by itself ({exited}): {log.with_suffix('.err').read_text()[-2000:]}")
-    run.exited, run.frozen = exited, fs.frozen
-    return run, out, report
+    run.exited, run.frozen = cycle.exited, cycle.frozen
+    return run, out, cycle.report
 
 
 def check_copy(out: Path, tmp_path: Path) -> tuple[list[int], int, bool]:

@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from edge_gateway.control.saved import AppliedConfig
 from edge_gateway.gxp.audit import AuditTrail
 from edge_gateway.gxp.audit_verify import verify
 from edge_gateway.gxp.provenance import Epochs
-from tests.powerloss.harness import REPO, Mode, PowerLossFS
+from tests.powerloss.harness import Mode, PowerLossFS, power_cycle
 from tests.powerloss.records_writer import AUDIT_EVENT, DEADLETTER, EPOCHS, SAVED, epoch_hash
 
 pytestmark = pytest.mark.usefixtures("needs_fuse")
@@ -72,25 +70,9 @@ def power_cut(tmp_path: Path, disk: Path | None, i: int, kind: str, rng: random.
     armed, pause = rng.random() < 0.5, rng.uniform(0.02, 0.25)
     mode: Mode = "drop" if rng.random() < 0.5 else "random"
     with PowerLossFS(tmp_path / "mnt", seed_dir=disk, mode=mode, seed=rng.randrange(1 << 30)) as fs:
-        if armed:
-            fs.arm(rng.randint(1, MAX_OP))
         cmd = [sys.executable, "-m", "tests.powerloss.records_writer", str(fs.mount / DATA), kind, str(i)]
-        with log.open("w") as stdout, log.with_suffix(".err").open("w") as stderr:
-            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, cwd=REPO)
-        try:
-            deadline = time.monotonic() + 60  # only gives up waiting
-            while not log.read_text().startswith("O ") and proc.poll() is None and not fs.frozen:
-                assert time.monotonic() < deadline, "the writer did not start within 60 s"
-                fs.wait_frozen(0.002) if armed else time.sleep(0.002)
-            fs.wait_frozen(pause) if armed else time.sleep(pause)
-            exited = proc.poll()
-            fs.cut(proc, out)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if exited is not None and not fs.frozen:
-        pytest.fail(f"cut {i}: the writer exited by itself ({exited}): {log.with_suffix('.err').read_text()[-2000:]}")
+        arm = rng.randint(1, MAX_OP) if armed else None
+        power_cycle(fs, cmd, out=out, log=log, arm=arm, ready="O ", pause_s=pause)
     return parse(log), out
 
 
