@@ -26,30 +26,13 @@ from edge_gateway.buffer.base import Record
 from edge_gateway.buffer.disk import QUARANTINE, SUFFIX, DiskBuffer
 from edge_gateway.errors import BufferIOError
 from edge_gateway.model import Quality, Reading
+from tests.faults.conftest import mount_tmpfs
 
 DESTS = ("cloud", "sitewise")
 
 
 def reading(i: int) -> Reading:
     return Reading("plc", "plc.counter", i, Quality.GOOD, 1_700_000_000_000_000_000 + i, None, "p" * (i % 50))
-
-
-def mount_tmpfs(mount_point: Path, options: str) -> None:
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.decode().strip()}")
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs, unmounted in teardown (lazily, in case a failing test left a file open)."""
-    mount_point = tmp_path / "vol"
-    mount_tmpfs(mount_point, "size=512k")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,26 +39,6 @@ ROUNDS = 8  # appends after the recovery: well within the room the deleted segme
 
 def reading(i: int) -> Reading:
     return Reading("plc", "plc.counter", i, Quality.GOOD, T + i, None, "p" * (i % 50))
-
-
-def mount_tmpfs(mount_point: Path, options: str) -> None:
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.decode().strip()}")
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs, unmounted in teardown (lazily, in case a failing test left a file open)."""
-    mount_point = tmp_path / "vol"
-    mount_tmpfs(mount_point, "size=512k")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def fill(volume: Path, name: str = "filler") -> Path:
