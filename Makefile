@@ -41,7 +41,7 @@ sim: ## just the two PLC simulators, in the foreground
 
 bench: bench-buffer bench-publish bench-opcua bench-modbus bench-e2e bench-timings bench-peer
 
-bench-buffer: ## durable appends/s, drain/s, write amplification, RSS with a 10M backlog, recovery time
+bench-buffer: ## durable appends/s, drain/s, write amplification, RSS with a 10M backlog, recovery time, SD-card wear on an ext4 loop device (device bytes per payload byte)
 	$(PY) -m bench.buffer
 
 bench-publish: ## wire bytes/point, points/s with and without IoT Core flow control, 18 M backlog drain, latency p50/p99

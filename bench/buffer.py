@@ -1,9 +1,13 @@
-"""Buffer benchmark: durable appends/s, drain/s, write amplification, RSS with a large backlog, recovery.
+"""Buffer benchmark: durable appends/s, drain/s, write amplification, RSS with a large backlog, recovery,
+and the bytes a real block device receives per payload byte (bench/wear.py).
 
-    python -m bench.buffer [--readings 10000000] [--dir DIR]
+    python -m bench.buffer [--readings 10000000] [--dir DIR] [--wear-seconds 10]
 
 One process, the disk buffer on a temporary directory (or ``--dir``): realistic readings (~50-byte
-records: source, alias, float value, timestamps). Prints a table and writes bench/results/buffer.json.
+records: source, alias, float value, timestamps). Then the device-wear rows (``--wear-seconds`` each, 0 to
+skip): an ext4 file system on a loop device, paced appends at 100, 1,000 and 10,000 readings/s with
+``fsync_interval_ms`` 0, 100 and 1,000; skipped with one line where loop devices cannot be used. Prints the
+tables and writes bench/results/buffer.json (the ``wear_*`` keys are bench/wear.py's).
 """
 
 from __future__ import annotations
@@ -16,20 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+from bench import wear
 from bench.common import print_table, rss_mb, scratch_dir, write_results
+from bench.wear import write_bytes
 from edge_gateway.buffer.codec import encode_reading
 from edge_gateway.buffer.disk import DiskBuffer
 from edge_gateway.model import Quality, Reading
 
 BATCH = 1000
 APPENDERS = 4
-
-
-def write_bytes() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
 
 
 def batch(start: int, n: int) -> list[Reading]:
@@ -125,7 +124,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Durable buffer benchmark")
     parser.add_argument("--readings", type=int, default=10_000_000, help="backlog size for RSS and recovery")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to measure appends")
-    parser.add_argument("--dir", type=Path, help="where to put the buffer (default: a temporary directory)")
+    parser.add_argument(
+        "--dir", type=Path, help="where to put the buffer and the wear image file (default: a temporary directory)"
+    )
+    parser.add_argument(
+        "--wear-seconds", type=float, default=10.0, help="how long each device-wear row appends (0: skip them)"
+    )
     args = parser.parse_args()
     with scratch_dir("buffer", args.dir) as tmp:
         result = asyncio.run(run(tmp, args.readings, args.seconds))
@@ -146,6 +150,8 @@ def main() -> int:
         ("open + first read, backlog", f"{result['recovery_s_10m']:.3f} s"),
     ]
     print_table(rows, width=28)
+    if args.wear_seconds > 0:
+        result |= wear.measure(args.wear_seconds, args.dir)
     write_results("buffer", result)
     return 0
 
