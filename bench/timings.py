@@ -37,27 +37,11 @@ from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.encode.encoder import encoder_for
 from edge_gateway.publish.publisher import Publisher
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker
+from simulators.iot_core import MosquittoBroker, loopback_mqtt_settings
 from simulators.pki import Pki, add_client, generate_pki
 
 THING = "bench-gateway"
 LIVE_EVERY_S = 0.1
-
-
-def _settings(pki: Pki, broker: MosquittoBroker, client: str, **overrides: object) -> MqttSettings:
-    values: dict[str, object] = {
-        "endpoint": "127.0.0.1",
-        "port": broker.port,
-        "ca_file": pki.ca_file,
-        "cert_file": pki.directory / f"{client}.pem",
-        "key_file": pki.directory / f"{client}.key",
-        "keep_alive_s": 5,
-        "ping_timeout_ms": 1000,
-        "reconnect_min_s": 0.2,
-        "reconnect_max_s": 1.0,
-        "iot_core_flow_control": False,
-    }
-    return MqttSettings.model_validate(values | overrides)
 
 
 async def _started(settings: MqttSettings, client_id: str) -> MqttTransport:
@@ -80,7 +64,7 @@ async def lanes(work: Path, pki: Pki, broker: MosquittoBroker, backlog: int) -> 
         for alias, entries in doc["p"].items():
             arrivals[alias.split(".")[1]].extend((now, doc["t0"] + dt) for dt, _ in entries)
 
-    consumer = await _started(_settings(pki, broker, "bench-consumer"), "bench-consumer")
+    consumer = await _started(loopback_mqtt_settings(pki, broker, "bench-consumer"), "bench-consumer")
     await consumer.subscribe("dt/#", on_message)
     buffer = DiskBuffer(work / "buffer", ["cloud"], segment_bytes=4 << 20, max_bytes=1 << 30)
     hour_ago = time.time_ns() - 3600 * 10**9
@@ -88,7 +72,9 @@ async def lanes(work: Path, pki: Pki, broker: MosquittoBroker, backlog: int) -> 
         await buffer.append(
             [Reading("plc", "plc.backlog", i, Quality.GOOD, hour_ago + i * 10**6) for i in range(start, start + 10_000)]
         )
-    transport = await _started(_settings(pki, broker, THING, iot_core_flow_control=True), f"{THING}-gateway")
+    transport = await _started(
+        loopback_mqtt_settings(pki, broker, THING, iot_core_flow_control=True), f"{THING}-gateway"
+    )
     dest = IotCoreDestination(type="iotcore", name="cloud", max_latency_ms=200)
     publisher = Publisher(
         dest,
@@ -123,7 +109,7 @@ async def lanes(work: Path, pki: Pki, broker: MosquittoBroker, backlog: int) -> 
 
 
 async def flow_control(pki: Pki, broker: MosquittoBroker) -> dict[str, float]:
-    t = await _started(_settings(pki, broker, THING, iot_core_flow_control=True), f"{THING}-gateway")
+    t = await _started(loopback_mqtt_settings(pki, broker, THING, iot_core_flow_control=True), f"{THING}-gateway")
     try:
         started = time.monotonic()
         await asyncio.gather(*(t.publish("flow/small", b"x") for _ in range(400)))
@@ -137,7 +123,7 @@ async def flow_control(pki: Pki, broker: MosquittoBroker) -> dict[str, float]:
 
 
 async def frozen_broker(pki: Pki, broker: MosquittoBroker) -> dict[str, float]:
-    t = await _started(_settings(pki, broker, THING), f"{THING}-gateway")
+    t = await _started(loopback_mqtt_settings(pki, broker, THING), f"{THING}-gateway")
     broker.freeze()
     frozen_at = time.monotonic()
     try:
@@ -152,7 +138,7 @@ async def frozen_broker(pki: Pki, broker: MosquittoBroker) -> dict[str, float]:
 
 async def refused(work: Path, pki: Pki, broker: MosquittoBroker, window_s: float = 6.0) -> dict[str, float]:
     foreign = generate_pki(work / "foreign", thing_name="intruder")
-    settings = _settings(
+    settings = loopback_mqtt_settings(
         pki, broker, THING, cert_file=foreign.client_cert, key_file=foreign.client_key, reconnect_min_s=0.5
     )
     settings = settings.model_copy(update={"reconnect_max_s": 2.0})

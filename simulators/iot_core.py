@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from edge_gateway.config.model import MqttSettings
 from simulators.pki import Pki, generate_pki
 from simulators.ports import free_port
 
@@ -190,3 +191,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def loopback_mqtt_settings(pki: Pki, broker: MosquittoBroker, client: str, **overrides: object) -> MqttSettings:
+    """The gateway's MQTT settings for ``broker`` on 127.0.0.1 with ``client``'s certificate from ``pki``: short
+    keep-alive, ping timeout and reconnect delays (a test or a benchmark notices a dead path in seconds), IoT
+    Core flow control off unless ``overrides`` turn it on."""
+    values: dict[str, object] = {
+        "endpoint": "127.0.0.1",
+        "port": broker.port,
+        "ca_file": pki.ca_file,
+        "cert_file": pki.directory / f"{client}.pem",
+        "key_file": pki.directory / f"{client}.key",
+        "keep_alive_s": 5,
+        "ping_timeout_ms": 1000,
+        "reconnect_min_s": 0.2,
+        "reconnect_max_s": 1.0,
+        "iot_core_flow_control": False,
+    }
+    return MqttSettings.model_validate(values | overrides)

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from edge_gateway.publish.deadletter import DeadLetterFile
 from edge_gateway.publish.encode.encoder import encoder_for
 from edge_gateway.publish.publisher import Publisher
 from edge_gateway.publish.transport.mqtt import MqttTransport
-from simulators.iot_core import MosquittoBroker
+from simulators.iot_core import MosquittoBroker, loopback_mqtt_settings
 from simulators.pki import Pki
 from simulators.process import stop_process
 
@@ -48,20 +48,16 @@ DENY_GATEWAY_ACL = (
 
 
 def mqtt_settings(pki: Pki, broker: MosquittoBroker, *, client: str = THING, **overrides: Any) -> MqttSettings:
-    values: dict[str, Any] = {
-        "endpoint": "127.0.0.1",
-        "port": broker.port,
-        "ca_file": pki.ca_file,
-        "cert_file": pki.directory / f"{client}.pem",
-        "key_file": pki.directory / f"{client}.key",
-        "keep_alive_s": 5,
-        "ping_timeout_ms": 1000,
-        "ack_timeout_s": 5,
-        "reconnect_min_s": 0.2,
-        "reconnect_max_s": 1.0,
-        "iot_core_flow_control": False,
-    }
-    return MqttSettings(**(values | overrides))
+    return loopback_mqtt_settings(pki, broker, client, **({"ack_timeout_s": 5} | overrides))
+
+
+def report_lines(path: Path) -> Iterator[tuple[str, str]]:
+    """A killed writer's report, line by line, as (kind, rest): only whole lines (the kill may cut the last)."""
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            return
+        kind, _, rest = line.rstrip("\n").partition(" ")
+        yield kind, rest
 
 
 class Collected:

@@ -34,6 +34,7 @@ from edge_gateway.buffer.codec import encode_reading
 from edge_gateway.buffer.disk import HEADER, QUARANTINE, SUFFIX, DiskBuffer, frame
 from edge_gateway.model import Quality, Reading
 from tests.faults.buffer_writer import DEST, reading
+from tests.support import report_lines
 
 KILLS = 30  # per variant: 60 in all
 REPO = Path(__file__).resolve().parents[2]
@@ -67,11 +68,7 @@ def run_and_kill(directory: Path, out: Path, mode: str, seed: int, from_ready: b
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     run = Run()
-    # Only whole lines count: a kill may cut the last one.
-    for line in out.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        kind, _, rest = line.rstrip("\n").partition(" ")
+    for kind, rest in report_lines(out):  # whole lines only: a kill may cut the last one
         if kind == "O":
             run.opened_at = int(rest)
         elif kind == "A":

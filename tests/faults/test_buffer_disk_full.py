@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from edge_gateway.buffer.base import Record
 from edge_gateway.buffer.disk import QUARANTINE, SUFFIX, DiskBuffer
 from edge_gateway.errors import BufferIOError
 from edge_gateway.model import Quality, Reading
-from tests.faults.conftest import mount_tmpfs
+from tests.faults.conftest import fill, mount_tmpfs
 
 DESTS = ("cloud", "sitewise")
 
@@ -42,23 +41,6 @@ def few_inodes(tmp_path: Path) -> Iterator[Path]:
     mount_tmpfs(mount_point, "size=1m,nr_inodes=5")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(volume: Path) -> Path:
-    """Write a filler file until the volume has not a byte left; delete it to give the space back."""
-    filler = volume / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    finally:
-        os.close(fd)
-    return filler
 
 
 async def read_all(buf: DiskBuffer, dest: str) -> list[Record]:

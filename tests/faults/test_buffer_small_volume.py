@@ -15,7 +15,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from edge_gateway.gxp.audit import read_entries
 from edge_gateway.model import Quality, Reading
 from simulators.pki import Pki
 from simulators.ports import free_port
+from tests.faults.conftest import fill
 from tests.support import THING, GatewayProcess
 
 T = 1_700_000_000_000_000_000
@@ -39,23 +39,6 @@ ROUNDS = 8  # appends after the recovery: well within the room the deleted segme
 
 def reading(i: int) -> Reading:
     return Reading("plc", "plc.counter", i, Quality.GOOD, T + i, None, "p" * (i % 50))
-
-
-def fill(volume: Path, name: str = "filler") -> Path:
-    """Write a file until the volume has not a byte left; delete it to give the space back."""
-    filler = volume / name
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    finally:
-        os.close(fd)
-    return filler
 
 
 async def maintain(buf: DiskBuffer) -> None:

@@ -42,6 +42,7 @@ from edge_gateway.buffer.base import AckLedger
 from edge_gateway.buffer.disk import QUARANTINE, SUFFIX
 from tests.faults.test_buffer_crash import acked_in, read_back
 from tests.powerloss.harness import REPO, CutReport, Mode, PowerLossFS, power_cycle
+from tests.support import report_lines
 
 pytestmark = pytest.mark.usefixtures("needs_fuse")
 
@@ -64,10 +65,7 @@ class Run:
 
 def parse(out: Path) -> Run:
     run = Run()
-    for line in out.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # only whole lines count: the kill may cut the last one
-        kind, _, rest = line.rstrip("\n").partition(" ")
+    for kind, rest in report_lines(out):
         if kind == "O":
             run.opened_at = int(rest)
         elif kind == "A":

@@ -34,6 +34,7 @@ from edge_gateway.gxp.audit_verify import verify
 from edge_gateway.gxp.provenance import Epochs
 from tests.powerloss.harness import Mode, PowerLossFS, power_cycle
 from tests.powerloss.records_writer import AUDIT_EVENT, DEADLETTER, EPOCHS, SAVED, epoch_hash
+from tests.support import report_lines
 
 pytestmark = pytest.mark.usefixtures("needs_fuse")
 
@@ -51,10 +52,7 @@ class Run:
 
 def parse(out: Path) -> Run:
     run = Run()
-    for line in out.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # only whole lines count: the kill may cut the last one
-        kind, _, rest = line.rstrip("\n").partition(" ")
+    for kind, rest in report_lines(out):
         if kind == "O":
             run.opened_at = int(rest)
         elif kind == "W":
