@@ -2,7 +2,7 @@
 
 What runs, and what each side is given (it MUST stay the same for both, or the docs must say otherwise):
 
-- one Modbus TCP slave on 127.0.0.1 (``simulators.modbus_dataset``: the realistic dataset's float32 tags,
+- one Modbus TCP slave on 127.0.0.1 (``bench.modbus_dataset``: the realistic dataset's float32 tags,
   contiguous holding registers, high word first, values changing every 100 ms), a fresh one per run;
 - each gateway polls all tags every 100 ms with block reads of 124 registers (62 float32 each): ours through
   its planner (``max_read_registers`` 125 rounds down to whole floats), ThingsBoard through wide-range tags

@@ -149,7 +149,7 @@ async def run_one(b: Bench, side: Side, offered: int, label: str, *, ceiling: bo
     run_dir = b.work / label
     run_dir.mkdir()
     modbus_port = free_port()
-    sim_args = ["-m", "simulators.modbus_dataset", "--port", str(modbus_port), "--tags", str(tags), "--only", "float32"]
+    sim_args = ["-m", "bench.modbus_dataset", "--port", str(modbus_port), "--tags", str(tags), "--only", "float32"]
     sim_args += ["--frames", str(SIM_FRAMES)]
     procs: list[subprocess.Popen[bytes]] = []
     try:

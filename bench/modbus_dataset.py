@@ -11,7 +11,7 @@ unit never answers.
 Thousands of noisy float32 registers is what ``simulators.modbus_plc`` does not serve (its load-test
 registers are a counting pattern); this module is separate so that simulator stays as the tests know it.
 
-Run alone: ``python -m simulators.modbus_dataset --port 5020 --tags 2000 --only float32``; prints
+Run alone: ``python -m bench.modbus_dataset --port 5020 --tags 2000 --only float32``; prints
 ``READY modbus-tcp://HOST:PORT`` once it serves, then ``REGISTERS <n>``.
 """
 
